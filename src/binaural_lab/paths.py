@@ -1,0 +1,99 @@
+"""The one place that resolves where things live.
+
+Processes meet through the file system (DVC stages, queued experiments under .dvc/tmp/exps, several
+Optuna workers), so shared stores are resolved to absolute paths from the project root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT_ENV = "BLAB_ROOT"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The directory holding params.yaml: $BLAB_ROOT, else the nearest parent of ``start`` (or cwd)."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "params.yaml").is_file() or (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def resolve(path: str | Path, root: Path | None = None) -> Path:
+    """An absolute path; relative ones are taken from the project root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (root or project_root()) / p
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target``; on success it replaces ``target`` in one rename.
+
+    Works for files and directories. On error the temporary is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.rmdir()  # the caller creates a file or a directory at this path
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (indent 2, keys in insertion order)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# The embedded synthetic datasets; a real dataset adapter adds its own name here.
+DATASETS = {"binaural": "synthetic-binaural", "echoes": "synthetic-echoes"}
+
+
+def raw_dir(kind: str) -> Path:
+    return project_root() / "data" / "raw" / DATASETS[kind]
+
+
+def prepared_dir(kind: str) -> Path:
+    return project_root() / "data" / "prepared" / DATASETS[kind]
+
+
+def features_dir(kind: str) -> Path:
+    return project_root() / "data" / "features" / DATASETS[kind]
+
+
+def model_dir(family: str, name: str) -> Path:
+    return project_root() / "models" / family / name
+
+
+def report_dir(family: str, name: str | None = None) -> Path:
+    base = project_root() / "reports" / family
+    return base / name if name else base

@@ -1,0 +1,137 @@
+"""MLflow tracking: one experiment per model family, one run per stage execution.
+
+The store is a sqlite database with artifacts beside it, both under ``mlruns/`` of the project root
+(absolute paths, so queued DVC experiments and parallel Optuna workers share it), unless
+MLFLOW_TRACKING_URI is set. Models are logged as state-dict artifacts plus their config, never
+through ``mlflow.pytorch.log_model`` (its torch.export default breaks on weight norm and samplers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from binaural_lab.config import flatten
+from binaural_lab.paths import project_root
+
+STORE_DIR = "mlruns"
+EXPERIMENT_PREFIX = "binaural-lab"
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's sqlite store."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = (root or project_root()) / STORE_DIR
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def artifact_root(root: Path | None = None) -> Path:
+    return (root or project_root()) / STORE_DIR / "artifacts"
+
+
+def experiment_id(family: str) -> str:
+    """Get or create the experiment ``binaural-lab/<family>`` with artifacts under mlruns/artifacts."""
+    mlflow.set_tracking_uri(tracking_uri())
+    name = f"{EXPERIMENT_PREFIX}/{family}"
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root() / family
+    location.mkdir(parents=True, exist_ok=True)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location.as_uri())
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """A short hash of files (or of every file below a directory), in sorted path order."""
+    digest = hashlib.sha256()
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
+    for f in files:
+        if not f.exists():
+            continue
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def run_tags(stage: str, data: list[Path] | None = None) -> dict[str, str]:
+    """Tags that let a run be traced back: git commit, dirty tree, DVC stage and experiment, data."""
+    tags = {
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "dvc_stage": os.environ.get("DVC_STAGE", stage),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+    }
+    if data:
+        tags["dataset_fingerprint"] = fingerprint(data)
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(
+    family: str,
+    stage: str,
+    params: Mapping[str, Any],
+    data: list[Path] | None = None,
+    nested: bool = False,
+    run_name: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run for one stage execution, log its params (flattened) and tags, end it on exit."""
+    exp = experiment_id(family)
+    with mlflow.start_run(experiment_id=exp, run_name=run_name or stage, nested=nested) as run:
+        mlflow.set_tags(run_tags(stage, data))
+        log_params(params)
+        yield run
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    flat = {k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(params).items()}
+    if flat:
+        mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+    clean = {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    if clean and mlflow.active_run() is not None:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_model_state(state_dict: Mapping[str, Any], config: Mapping[str, Any], name: str = "model") -> None:
+    """Log a model as ``<name>/state_dict.pt`` plus ``<name>/config.json`` artifacts."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(dict(state_dict), Path(tmp) / "state_dict.pt")
+        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        mlflow.log_artifacts(tmp, artifact_path=name)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    if mlflow.active_run() is not None and Path(path).exists():
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
