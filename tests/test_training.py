@@ -15,7 +15,12 @@ TOY = Path(__file__).with_name("toy_train.py")
 
 
 def run_toy(ckpt: Path, out: Path, delay: float = 0.0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(TOY), str(ckpt), str(out), str(delay)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(TOY), str(ckpt), str(out), str(delay)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_toy_regression_learns(tmp_path):
@@ -60,7 +65,10 @@ def test_ddp_two_cpu_processes_split_the_data(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(TOY), str(tmp_path / "ckpt"), str(out)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]

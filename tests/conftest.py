@@ -1,0 +1,17 @@
+"""Shared fixtures: every test that tracks writes to a temporary MLflow sqlite store."""
+
+import pytest
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """Point MLflow at a fresh sqlite store in tmp_path; returns its tracking URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BLAB_ROOT", str(tmp_path))
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
