@@ -42,7 +42,8 @@ def main(name: str) -> None:
         )
         tracking.log_artifact(out / "figures" / "examples.png", "figures")
         if "attention" in extras:
-            plots.attention_maps(out / "figures" / "attention.png", np.asarray(shards["spec"][pick[0]]), *extras["attention"])
+            spec = np.asarray(shards["spec"][pick[0]])
+            plots.attention_maps(out / "figures" / "attention.png", spec, *extras["attention"])
             tracking.log_artifact(out / "figures" / "attention.png", "figures")
         tracking.log_artifact(out / "metrics.json")
 

@@ -16,8 +16,10 @@ from binaural_lab.stage import config, entry, load_params, section
 def main(kind: str) -> None:
     params = load_params()
     if kind == "binaural":
-        sr = section(params, "synthesize_binaural.sample_rate")
-        cfg = config(params, "featurize_binaural", features.BinauralFeatureConfig, sample_rate=sr)
+        # the mel sample rate is the simulated audio's: one key in params, not two to keep in step
+        mel = {**(section(params, "featurize_binaural").get("mel") or {})}
+        mel["sample_rate"] = section(params, "synthesize_binaural.sample_rate")
+        cfg = config(params, "featurize_binaural", features.BinauralFeatureConfig, mel=mel)
         compute = features.compute_binaural_features
     elif kind == "echoes":
         synth = section(params, "synthesize_echoes")

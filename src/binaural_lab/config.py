@@ -19,7 +19,11 @@ import yaml
 T = TypeVar("T")
 
 
-class ParamError(ValueError):
+class UserError(Exception):
+    """Bad input from the user (a params value, a file): reported as one line, without a traceback."""
+
+
+class ParamError(UserError, ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 

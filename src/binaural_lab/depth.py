@@ -21,11 +21,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from binaural_lab.config import ParamError, param, parse, to_dict
+from binaural_lab.config import ParamError, UserError, param, parse, to_dict
 from binaural_lab.data.shards import ShardDataset, open_split
 from binaural_lab.losses import build_depth_loss
 from binaural_lab.metrics.depth import DepthMetricAccumulator
-from binaural_lab.models import build_depth_model, count_parameters
+from binaural_lab.models import (
+    BinauralAttentionConfig,
+    BinauralAttentionDepth,
+    build_depth_model,
+    check_attention_memory,
+    count_parameters,
+)
 from binaural_lab.paths import atomic_path, write_json, write_text
 from binaural_lab.training import TrainConfig, Trainer, TrainResult
 from binaural_lab.training.loop import EpochCallback
@@ -34,6 +40,10 @@ from binaural_lab.tuning import Objective, TuneConfig, set_dotted
 METRIC_CONVENTION = (
     "Batvision / Beyond-Image-to-Depth: per image, metres, pixels with gt > 0 only, then mean over images"
 )
+
+
+class PredictionError(UserError, ValueError):
+    """Outside predictions that cannot be scored (wrong shape, NaN)."""
 
 
 @dataclass
@@ -275,9 +285,38 @@ def score_prediction_dir(pred_dir: Path, gt_dir: Path, max_depth: float) -> dict
         gt = np.load(f).astype(np.float32)
         pred = np.load(pred_dir / f.name).astype(np.float32)
         if pred.squeeze().shape != gt.squeeze().shape:
-            raise ValueError(f"{pred_dir / f.name}: shape {pred.shape} does not match ground truth {f} {gt.shape}")
+            raise PredictionError(f"{pred_dir / f.name}: shape {pred.shape} does not match ground truth {f} {gt.shape}")
         if not np.isfinite(pred).all():
-            raise ValueError(f"{pred_dir / f.name}: prediction holds NaN or infinite values")
+            raise PredictionError(f"{pred_dir / f.name}: prediction holds NaN or infinite values")
         gt = np.where(np.isfinite(gt) & (gt <= max_depth), gt, 0.0)
         acc.update(np.clip(pred.squeeze(), 0, max_depth)[None], gt.squeeze()[None])
     return {**acc.compute(), "n_files": len(gt_files)}
+
+
+def check_memory(name: str, p: DepthModelParams, input_size: int) -> None:
+    """Stop before training when the attention maps would not fit the configured memory budget."""
+    if name == "binaural_attention":
+        cfg = parse(BinauralAttentionConfig, p.model, f"depth_models.{name}.model")
+        check_attention_memory(cfg, input_size, p.train.batch_size, where=f"depth_models.{name}.model")
+
+
+ATTENTION_QUERIES = np.array([[0.25, 0.25], [0.5, 0.5], [0.75, 0.75]])  # (row, col) fractions of the map
+
+
+@torch.no_grad()
+def figure_outputs(model: nn.Module, task: DepthTask, shards: Mapping[str, np.ndarray], pick: np.ndarray) -> dict:
+    """What the figures show beyond the prediction: base and residual maps, attention of a few queries."""
+    batch = {"spec": torch.from_numpy(np.asarray(shards["spec"][pick]))}
+    wants_attention = isinstance(model, BinauralAttentionDepth)
+    out = model(task.inputs(batch), return_attention=True) if wants_attention else model(task.inputs(batch))
+    extras: dict[str, Any] = {}
+    if "base" in out:
+        extras["maps"] = {k: out[k].squeeze(1).numpy() for k in ("base", "residual")}
+    if wants_attention and out["attention"]:
+        maps = {}
+        for level, attn in out["attention"].items():
+            side = int(round(attn.shape[-1] ** 0.5))
+            rows = (ATTENTION_QUERIES * side).astype(int).clip(0, side - 1)
+            maps[level] = attn[0, rows[:, 0] * side + rows[:, 1]].reshape(-1, side, side).numpy()
+        extras["attention"] = (maps, ATTENTION_QUERIES)
+    return extras

@@ -11,13 +11,11 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from binaural_lab.audio.io import AudioFileError
-from binaural_lab.config import ParamError, load_yaml, parse
-from binaural_lab.data.manifest import ManifestError
+from binaural_lab.config import ParamError, UserError, load_yaml, parse
 from binaural_lab.paths import project_root
 
 T = TypeVar("T")
-USER_ERRORS = (ParamError, ManifestError, AudioFileError, FileNotFoundError)
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def load_params() -> dict[str, Any]:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from binaural_lab.config import UserError
 from binaural_lab.paths import atomic_path
 
 
-class AudioFileError(OSError):
+class AudioFileError(UserError, OSError):
     """An audio file is missing, unreadable or not what the caller expected."""
 
 

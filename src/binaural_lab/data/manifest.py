@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from binaural_lab.config import ParamError, param
+from binaural_lab.config import ParamError, UserError, param
 from binaural_lab.paths import atomic_path, write_json
 
 SPLITS = ("train", "val", "test")
@@ -31,7 +31,7 @@ class SplitConfig:
             raise ParamError(f"{where}: train + val + test must sum to 1, got {total:.4f}")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest is missing, lacks a column or points at files that do not exist."""
 
 

@@ -1,0 +1,1 @@
+"""Datasets: synthetic scene simulation, adapters, manifests, features."""

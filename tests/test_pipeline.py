@@ -1,0 +1,200 @@
+"""End to end on a tiny params set: a real `dvc repro` in a temporary git repo, then the CLI on it.
+
+The project is copied (dvc.yaml, stages/, src/, pipelines/) into a fresh git repository with DVC
+initialised, the `tiny` pipeline is made active with `blab pipeline use`, and MLflow writes to the
+project's own default store (mlruns/ under the temporary root).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BLAB_ROOT")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for item in ("dvc.yaml", "stages", "src", "pipelines", ".gitignore", ".dvcignore"):
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy2(src, root / item)
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["blab", "pipeline", "use", "tiny"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny project"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_repro_writes_every_report_and_tracks_runs(project):
+    compare = json.loads((project / "reports/depth/compare.json").read_text())
+    assert {r["model"] for r in compare["rows"]} == {"mean", "unet", "base_residual", "binaural_attention"}
+    metrics = json.loads((project / "reports/depth/unet/metrics.json").read_text())
+    assert set(metrics) >= {"rmse", "abs_rel", "delta1", "delta2", "delta3", "log10", "mae", "convention"}
+    assert (project / "reports/depth/unet/figures/examples.png").stat().st_size > 1000
+    assert (project / "data/features/synthetic-binaural/train/mel.npy").is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["binaural-lab/depth"])
+    assert {"train_depth@unet", "evaluate_depth@unet", "baseline_depth"} <= set(runs["tags.dvc_stage"])
+    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "reports/depth/unet/metrics.json" in shown
+
+
+def test_second_repro_is_up_to_date_and_a_param_reruns_only_its_dependents(project):
+    out = run(["dvc", "repro"], project).stdout
+    assert "Running stage" not in out
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "reproduced"], project)
+    out = run(["dvc", "exp", "run", "-S", "depth_models.unet.train.lr=0.002"], project).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_depth@unet", "evaluate_depth@unet", "compare_depth"}
+
+
+def test_bad_param_fails_clearly_and_keeps_outputs(project):
+    params = project / "params.yaml"
+    original = params.read_text()
+    before = (project / "reports/depth/unet/metrics.json").read_text()
+    try:
+        data = yaml.safe_load(original)
+        data["depth_models"]["unet"]["train"]["epochs"] = "three"
+        params.write_text(yaml.safe_dump(data))
+        proc = run(["dvc", "repro", "train_depth@unet"], project, check=False)
+        assert proc.returncode != 0
+        assert "depth_models.unet.train.epochs: expected an integer, got str 'three'" in proc.stdout + proc.stderr
+    finally:
+        params.write_text(original)
+    assert (project / "reports/depth/unet/metrics.json").read_text() == before
+
+
+def test_tune_resumes_exports_and_applies(project):
+    out = run(["blab", "tune", "unet", "--n-trials", "2"], project).stdout
+    assert "study depth-unet: 2 trials" in out
+    out = run(["blab", "tune", "unet", "--n-trials", "3"], project).stdout  # resumes the same study
+    assert "study depth-unet: 3 trials" in out
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(project / "tuning" / "optuna.journal"))
+    )
+    study = optuna.load_study(study_name="depth-unet", storage=storage)
+    assert len(study.trials) == 3
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["binaural-lab/depth"], filter_string="tags.optuna_study = 'depth-unet'")
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and len(children) == 3
+    assert set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+    best = yaml.safe_load((project / "tuning/depth-unet/best_params.yaml").read_text())
+    run(["blab", "tune-apply", "unet"], project)
+    applied = yaml.safe_load((project / "params.yaml").read_text())["depth_models"]["unet"]
+    assert applied["train"]["lr"] == pytest.approx(best["params"]["train.lr"])
+    assert "#" in (project / "params.yaml").read_text()  # comments kept
+
+
+def test_two_workers_share_one_study_without_losing_or_duplicating_trials(project):
+    cmd = ["blab", "tune", "base_residual", "--n-trials", "4"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BLAB_ROOT")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    workers = [
+        subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outs = [w.communicate(timeout=1200)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n".join(o[-3000:] for o in outs)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(project / "tuning" / "optuna.journal"))
+    )
+    trials = optuna.load_study(study_name="depth-base_residual", storage=storage).trials
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    # every trial finished, numbers unique; at most one extra trial when both workers start the last one
+    assert len(finished) == len(trials) and 4 <= len(trials) <= 5
+    assert len({t.number for t in trials}) == len(trials)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(
+        experiment_names=["binaural-lab/depth"], filter_string="tags.optuna_study = 'depth-base_residual'"
+    )
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert sorted(children["tags.optuna_trial"].astype(int)) == sorted(t.number for t in trials)
+    assert runs["tags.mlflow.parentRunId"].isna().sum() == 1
+
+
+def test_evaluate_outside_predictions(project, tmp_path):
+    import numpy as np
+
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        gt = rng.uniform(1, 5, (8, 8)).astype(np.float32)
+        gt[0, 0] = 0
+        np.save(gt_dir / f"{i}.npy", gt)
+        np.save(pred_dir / f"{i}.npy", gt * 1.1)
+    out = tmp_path / "m.json"
+    run(
+        [
+            "blab",
+            "evaluate",
+            "depth",
+            "--pred-dir",
+            str(pred_dir),
+            "--gt-dir",
+            str(gt_dir),
+            "--max-depth",
+            "10",
+            "--json",
+            str(out),
+        ],
+        project,
+    )
+    metrics = json.loads(out.read_text())
+    assert metrics["abs_rel"] == pytest.approx(0.1, abs=1e-5) and metrics["delta1"] == 1.0
+    np.save(pred_dir / "1.npy", np.zeros((4, 4), np.float32))
+    proc = run(
+        ["blab", "evaluate", "depth", "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--max-depth", "10"],
+        project,
+        check=False,
+    )
+    assert proc.returncode == 2 and "1.npy: shape (4, 4) does not match" in proc.stderr
+    bad = np.full((8, 8), np.nan, np.float32)
+    np.save(pred_dir / "1.npy", bad)
+    proc = run(
+        ["blab", "evaluate", "depth", "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--max-depth", "10"],
+        project,
+        check=False,
+    )
+    assert proc.returncode == 2 and "NaN" in proc.stderr
+    (pred_dir / "2.npy").unlink()
+    proc = run(
+        ["blab", "evaluate", "depth", "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--max-depth", "10"],
+        project,
+        check=False,
+    )
+    assert proc.returncode == 2 and "prediction(s) missing" in proc.stderr and "2.npy" in proc.stderr
