@@ -20,12 +20,21 @@ def main(name: str) -> None:
     input_size = int(section(params, "featurize_echoes.input_size"))
     depth.check_memory(name, p, input_size)
     out = model_dir("depth", name)
+    figures = report_dir("depth", name) / "training"
+    n_examples = int(section(params, "evaluate_depth.n_examples"))
     with tracking.stage_run("depth", f"train_depth@{name}", to_dict(p), data=sorted(feats.glob("*/meta.json"))):
 
-        def log_epoch(epoch: int, train_m: dict, val_m: dict) -> None:
+        def log_epoch(epoch: int, train_m: dict, val_m: dict, model) -> None:
             tracking.log_metrics({**train_m, **val_m}, step=epoch + 1)
 
-        result, card = depth.train_depth_model(name, p, feats, max_depth, out, on_epoch_end=log_epoch)
+        figures.mkdir(parents=True, exist_ok=True)
+        result, card = depth.train_depth_model(
+            name, p, feats, max_depth, out, on_epoch_end=log_epoch, figure_dir=figures, n_examples=n_examples
+        )
+        if not result.is_main:  # torchrun: rank 0 alone writes
+            return
+        for figure in sorted(figures.glob("*.png")):
+            tracking.log_artifact(figure, "figures/training")
         card = {**card, "train_seconds": result.seconds, "resumed_from_step": result.resumed_from_step}
         depth.save_model(out / "model.pt", result.model, card, result.history)
         tracking.log_model_state(result.model.state_dict(), card)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from binaural_lab import plots
 from binaural_lab.config import ParamError, UserError, param, parse, to_dict
 from binaural_lab.data.shards import ShardDataset, open_split
 from binaural_lab.losses import build_depth_loss
@@ -53,6 +54,7 @@ class DepthModelParams:
     model: dict[str, Any] = param({})
     loss: dict[str, Any] = param({})
     train: TrainConfig = field(default_factory=TrainConfig)
+    figure_every: int = param(0, ge=0, doc="epochs between validation figures during training; 0 = none")
 
 
 @dataclass
@@ -123,11 +125,14 @@ def train_depth_model(
     max_depth: float,
     ckpt_dir: Path,
     on_epoch_end: EpochCallback | None = None,
+    figure_dir: Path | None = None,
+    n_examples: int = 4,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train ``name`` on ``features_dir/train`` (validating on ``val``); returns the result and its card.
 
     The card holds everything needed to rebuild the model for inference: name, params, input size,
-    max depth, input statistics.
+    max depth, input statistics. Every ``p.figure_every`` epochs, example figures of the validation
+    split go to ``figure_dir`` (``epochNNN_examples.png``).
     """
     train_dir, val_dir = features_dir / "train", features_dir / "val"
     train_set, val_set = depth_dataset(train_dir), depth_dataset(val_dir)
@@ -142,8 +147,16 @@ def train_depth_model(
         "stats": to_dict(stats),
         "n_parameters": count_parameters(model),
     }
+    task = DepthTask(loss_fn, stats, max_depth)
+
+    def epoch_end(epoch: int, train_m: dict[str, float], val_m: dict[str, float], net: nn.Module) -> None:
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, train_m, val_m, net)
+        if figure_dir is not None and p.figure_every and (epoch + 1) % p.figure_every == 0:
+            save_figures(net, task, val_dir, figure_dir, n_examples, stem=f"epoch{epoch + 1:03d}_")
+
     trainer = Trainer(p.train, ckpt_dir, fingerprint={"card": card, "data": _data_stamp(features_dir)})
-    result = trainer.fit(model, train_set, val_set, DepthTask(loss_fn, stats, max_depth), on_epoch_end)
+    result = trainer.fit(model, train_set, val_set, task, epoch_end)
     return result, card
 
 
@@ -253,7 +266,7 @@ def make_objective(name: str, block: Mapping[str, Any], feats: Path, max_depth: 
         input_size = int(open_split(feats / "train")["spec"].shape[-1])
         check_memory(name, p, input_size)
 
-        def on_epoch(epoch: int, train_m: dict[str, float], val_m: dict[str, float]) -> None:
+        def on_epoch(epoch: int, train_m: dict[str, float], val_m: dict[str, float], model: nn.Module) -> None:
             if key not in val_m:
                 raise ParamError(f"tune.metric: {cfg.metric!r} is not a validation metric; have {sorted(val_m)}")
             report(epoch, val_m[key], {**train_m, **val_m})
@@ -320,3 +333,38 @@ def figure_outputs(model: nn.Module, task: DepthTask, shards: Mapping[str, np.nd
             maps[level] = attn[0, rows[:, 0] * side + rows[:, 1]].reshape(-1, side, side).numpy()
         extras["attention"] = (maps, ATTENTION_QUERIES)
     return extras
+
+
+def save_figures(
+    model: nn.Module, task: DepthTask, split_dir: Path, out_dir: Path, n_examples: int, stem: str = ""
+) -> list[Path]:
+    """Example figures of ``n_examples`` evenly spaced samples of a split; returns the files written.
+
+    ``<stem>examples.png``: echoes, prediction (and base / residual where the model has them),
+    ground truth, error. ``<stem>attention.png`` for attention models: where a few left-ear queries
+    attend on the right ear at each level.
+    """
+    shards = open_split(split_dir)
+    n = len(shards["depth"])
+    pick = np.linspace(0, n - 1, min(n_examples, n)).astype(int)
+    was_training = model.training
+    model.eval()
+    batch = {"spec": torch.from_numpy(np.asarray(shards["spec"][pick]))}
+    with torch.no_grad():
+        pred = task.predict(model, batch).numpy()
+    extras = figure_outputs(model, task, shards, pick)
+    spec = np.asarray(shards["spec"][pick])
+    written = [out_dir / f"{stem}examples.png"]
+    plots.depth_examples(
+        written[0],
+        spec,
+        np.asarray(shards["depth"][pick]),
+        {"prediction": pred, **extras.get("maps", {})},
+        task.max_depth,
+        diverging=("residual",),
+    )
+    if "attention" in extras:
+        written.append(out_dir / f"{stem}attention.png")
+        plots.attention_maps(written[-1], spec[0], *extras["attention"])
+    model.train(was_training)
+    return written

@@ -101,8 +101,14 @@ def stage_run(
     data: list[Path] | None = None,
     nested: bool = False,
     run_name: str | None = None,
-) -> Iterator[mlflow.ActiveRun]:
-    """Start a run for one stage execution, log its params (flattened) and tags, end it on exit."""
+) -> Iterator[mlflow.ActiveRun | None]:
+    """Start a run for one stage execution, log its params (flattened) and tags, end it on exit.
+
+    Under torchrun only rank 0 tracks: other ranks get ``None`` and every ``log_*`` is a no-op there.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield None
+        return
     exp = experiment_id(family)
     with mlflow.start_run(experiment_id=exp, run_name=run_name or stage, nested=nested) as run:
         mlflow.set_tags(run_tags(stage, data))
@@ -112,7 +118,7 @@ def stage_run(
 
 def log_params(params: Mapping[str, Any]) -> None:
     flat = {k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(params).items()}
-    if flat:
+    if flat and mlflow.active_run() is not None:
         mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
 
 
@@ -126,6 +132,8 @@ def log_model_state(state_dict: Mapping[str, Any], config: Mapping[str, Any], na
     """Log a model as ``<name>/state_dict.pt`` plus ``<name>/config.json`` artifacts."""
     import torch
 
+    if mlflow.active_run() is None:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(dict(state_dict), Path(tmp) / "state_dict.pt")
         (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2, default=str))

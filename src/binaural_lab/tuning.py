@@ -149,9 +149,7 @@ def open_study(name: str, cfg: TuneConfig) -> optuna.Study:
 def _parent_run(study: optuna.Study, family: str, params: Mapping[str, Any]) -> str:
     """The study's parent MLflow run id, created by the first worker and reused by every later one."""
     with _host_lock(study.study_name):
-        run_id = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get(
-            PARENT_RUN_ATTR
-        )
+        run_id = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get(PARENT_RUN_ATTR)
         if run_id is None:
             with tracking.stage_run(family, f"study:{study.study_name}", params) as run:
                 mlflow.set_tag("optuna_study", study.study_name)
@@ -180,8 +178,11 @@ def run_study(
 
     def trial_fn(trial: optuna.Trial) -> float:
         values = {key: dim.suggest(trial, key) for key, dim in space.items()}
-        with mlflow.start_run(run_id=parent), tracking.stage_run(
-            family, f"trial-{trial.number}", values, nested=True, run_name=f"{name}/trial-{trial.number}"
+        with (
+            mlflow.start_run(run_id=parent),
+            tracking.stage_run(
+                family, f"trial-{trial.number}", values, nested=True, run_name=f"{name}/trial-{trial.number}"
+            ),
         ):
             mlflow.set_tags({"optuna_study": name, "optuna_trial": str(trial.number)})
 
@@ -215,8 +216,13 @@ def run_study(
 def export_best(study: optuna.Study, target: str, path: Path) -> dict[str, Any]:
     """Write the best trial's values to YAML: ``{study, target, metric value, params}``."""
     best = study.best_trial
-    data = {"study": study.study_name, "target": target, "value": best.value, "trial": best.number,
-            "params": dict(best.params)}
+    data = {
+        "study": study.study_name,
+        "target": target,
+        "value": best.value,
+        "trial": best.number,
+        "params": dict(best.params),
+    }
     write_text(path, yaml.safe_dump(data, sort_keys=False))
     return data
 

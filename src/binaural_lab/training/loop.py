@@ -67,7 +67,8 @@ class TrainTask(Protocol):
     def evaluate(self, model: nn.Module, loader: DataLoader, epoch: int) -> dict[str, float]: ...
 
 
-EpochCallback = Callable[[int, dict[str, float], dict[str, float]], None]
+# on_epoch_end(epoch, train metrics, val metrics, model being evaluated): log, prune, draw figures
+EpochCallback = Callable[[int, dict[str, float], dict[str, float], nn.Module], None]
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0
     seconds: float = 0.0
+    is_main: bool = True  # False on torchrun ranks other than 0, which write nothing
 
 
 def seed_everything(seed: int) -> None:
@@ -296,7 +298,7 @@ class Trainer:
                     + " ".join(f"{k}={v:.4g}" for k, v in {**train_metrics, **val_metrics}.items())
                 )
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, train_metrics, val_metrics)
+                    on_epoch_end(epoch, train_metrics, val_metrics, eval_model)
             self._save(snapshot(epoch + 1, 0))
             if self.world > 1:
                 dist.barrier()
@@ -308,4 +310,5 @@ class Trainer:
             history=history,
             resumed_from_step=resumed_from,
             seconds=elapsed + time.perf_counter() - t0,
+            is_main=self.is_main,
         )
