@@ -2,16 +2,17 @@
 
 A depth model is a name from :data:`binaural_lab.models.DEPTH_MODELS` plus a params block
 ``depth_models.<name>`` with ``model``, ``loss`` and ``train`` sections. :func:`train_depth_model`
-fits it with the one training loop, :func:`evaluate_depth_model` scores it on a split with the
-REFERENCE depth metrics, and :func:`training_mean_depth` is the per-pixel training-mean predictor
-that every model is compared with.
+fits it with the one training loop, :func:`predict_split` and :func:`score` evaluate it on a split
+with the REFERENCE depth metrics, and :func:`training_mean_depth` is the per-pixel training-mean
+predictor that every model is compared with. Whole splits are read in chunks, so memory does not
+grow with the dataset.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,15 @@ class DepthModelParams:
     figure_every: int = param(0, ge=0, doc="epochs between validation figures during training; 0 = none")
 
 
+CHUNK = 256
+
+
+def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float64 copy) of consecutive CHUNK-sized slices of a memory-mapped array."""
+    for start in range(0, len(array), CHUNK):
+        yield start, np.asarray(array[start : start + CHUNK], dtype=np.float64)
+
+
 @dataclass
 class InputStats:
     """Scalar normalisation of the log-magnitude echo spectrograms, measured on the training split."""
@@ -66,10 +76,8 @@ class InputStats:
 
     @classmethod
     def measure(cls, split_dir: Path) -> InputStats:
-        spec = open_split(split_dir)["spec"]
         total, sq, count = 0.0, 0.0, 0
-        for start in range(0, len(spec), 256):  # chunked, so memory does not grow with the data
-            chunk = np.asarray(spec[start : start + 256], dtype=np.float64)
+        for _, chunk in _chunks(open_split(split_dir)["spec"]):
             total, sq, count = total + chunk.sum(), sq + (chunk**2).sum(), count + chunk.size
         mean = total / count
         return cls(mean=float(mean), std=float(max(np.sqrt(sq / count - mean**2), 1e-6)))
@@ -196,8 +204,7 @@ def training_mean_depth(train_dir: Path) -> np.ndarray:
     depth = open_split(train_dir)["depth"]
     total = np.zeros(depth.shape[1:], dtype=np.float64)
     count = np.zeros(depth.shape[1:], dtype=np.int64)
-    for start in range(0, len(depth), 256):
-        chunk = np.asarray(depth[start : start + 256], dtype=np.float64)
+    for _, chunk in _chunks(depth):
         valid = chunk > 0
         total += np.where(valid, chunk, 0).sum(0)
         count += valid.sum(0)
@@ -208,9 +215,8 @@ def score(pred: np.ndarray, split_dir: Path) -> dict[str, float]:
     """REFERENCE depth metrics of ``pred`` [N, S, S] (or one map broadcast to all) against a split."""
     gt = open_split(split_dir)["depth"]
     acc = DepthMetricAccumulator()
-    for start in range(0, len(gt), 256):
-        g = np.asarray(gt[start : start + 256], dtype=np.float32)
-        p = np.broadcast_to(pred, gt.shape)[start : start + 256] if pred.ndim == 2 else pred[start : start + 256]
+    for start, g in _chunks(gt):
+        p = np.broadcast_to(pred, gt.shape)[start : start + CHUNK] if pred.ndim == 2 else pred[start : start + CHUNK]
         acc.update(np.ascontiguousarray(p), g)
     return acc.compute()
 

@@ -15,15 +15,17 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
 import yaml
+from ruamel.yaml import YAML
 
 from binaural_lab import tracking
-from binaural_lab.config import ParamError, param
+from binaural_lab.config import ParamError, param, parse
 from binaural_lab.paths import project_root, resolve, write_text
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -82,8 +84,6 @@ class TuneConfig:
 
 
 def parse_space(raw: Mapping[str, Any], where: str) -> dict[str, SearchDim]:
-    from binaural_lab.config import parse
-
     if not isinstance(raw, Mapping) or not raw:
         raise ParamError(f"{where}: expected a non-empty mapping of dotted keys to ranges")
     return {key: parse(SearchDim, dim, f"{where}.{key}") for key, dim in raw.items()}
@@ -149,7 +149,7 @@ def open_study(name: str, cfg: TuneConfig) -> optuna.Study:
 def _parent_run(study: optuna.Study, family: str, params: Mapping[str, Any]) -> str:
     """The study's parent MLflow run id, created by the first worker and reused by every later one."""
     with _host_lock(study.study_name):
-        run_id = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get(PARENT_RUN_ATTR)
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)  # read from the storage: other workers' writes show
         if run_id is None:
             with tracking.stage_run(family, f"study:{study.study_name}", params) as run:
                 mlflow.set_tag("optuna_study", study.study_name)
@@ -229,8 +229,6 @@ def export_best(study: optuna.Study, target: str, path: Path) -> dict[str, Any]:
 
 def apply_best(best_file: Path, params_file: Path) -> dict[str, Any]:
     """Write the exported best values into ``params_file`` under their target block, keeping comments."""
-    from ruamel.yaml import YAML
-
     if not best_file.is_file():
         raise FileNotFoundError(f"{best_file}: no exported best parameters; run `blab tune` first")
     best = yaml.safe_load(best_file.read_text())
@@ -248,8 +246,6 @@ def apply_best(best_file: Path, params_file: Path) -> dict[str, Any]:
         for part in parts[:-1]:
             leaf = leaf.setdefault(part, {})
         leaf[parts[-1]] = value
-    from io import StringIO
-
     buf = StringIO()
     rt.dump(doc, buf)
     write_text(params_file, buf.getvalue())
