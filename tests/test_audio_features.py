@@ -128,3 +128,18 @@ def test_echo_spectrogram_shape_and_ears() -> None:
     assert echo_spectrogram(torch.randn(5, 2, 4000), size=16).shape == (5, 2, 16, 16)
     with pytest.raises(ValueError, match="binaural"):
         echo_spectrogram(torch.randn(3, 4000))
+
+
+def test_written_wav_is_byte_identical_for_equal_audio(tmp_path):
+    """No timestamped PEAK chunk: DVC must see re-simulated identical audio as unchanged."""
+    import time
+
+    from binaural_lab.audio.io import read_audio, write_audio
+
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 4000)).astype(np.float32)
+    write_audio(tmp_path / "a.wav", audio, 22050)
+    time.sleep(1.1)
+    write_audio(tmp_path / "b.wav", audio, 22050)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    back, sr = read_audio(tmp_path / "a.wav")
+    assert sr == 22050 and np.array_equal(back, audio)

@@ -4,6 +4,7 @@ import mlflow
 import torch
 
 from binaural_lab import tracking
+from binaural_lab.paths import hash_files
 
 
 def test_stage_run_logs_params_metrics_tags_and_model(mlflow_store, tmp_path, monkeypatch):
@@ -40,6 +41,17 @@ def test_default_store_is_absolute_under_the_project_root(tmp_path, monkeypatch)
 def test_fingerprint_changes_with_content(tmp_path):
     f = tmp_path / "a.bin"
     f.write_bytes(b"1")
-    first = tracking.fingerprint([f])
+    first = hash_files([f])
     f.write_bytes(b"2")
-    assert tracking.fingerprint([f]) != first
+    assert hash_files([f]) != first
+
+
+def test_queued_dvc_experiments_share_the_original_store(tmp_path, monkeypatch):
+    """A queued or temporary `dvc exp run` works in a copy under .dvc/tmp/exps: it must not get its own store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BLAB_ROOT", raising=False)
+    copy = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    (copy / "params.yaml").write_text("base: {}\n")
+    monkeypatch.chdir(copy)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'proj' / 'mlruns' / 'mlflow.db'}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from binaural_lab.config import ParamError, load_yaml, parse
-from binaural_lab.paths import atomic_path, features_dir, project_root, report_dir, write_json
+from binaural_lab.paths import atomic_path, features_dir, project_root, report_dir, store_root, write_json
 from binaural_lab.stage import entry, load_params, section
 
 app = typer.Typer(help="binaural-lab: reproducible binaural audio research.", no_args_is_help=True)
@@ -57,7 +57,7 @@ def _tune_setup(model: str):
 
 
 def _best_file(model: str) -> Path:
-    return project_root() / "tuning" / f"depth-{model}" / "best_params.yaml"
+    return store_root() / "tuning" / f"depth-{model}" / "best_params.yaml"
 
 
 @app.command()

@@ -36,7 +36,7 @@ from binaural_lab.models import (
 )
 from binaural_lab.paths import atomic_path, write_json, write_text
 from binaural_lab.training import TrainConfig, Trainer, TrainResult
-from binaural_lab.training.loop import EpochCallback
+from binaural_lab.training.loop import EpochCallback, seed_everything
 from binaural_lab.tuning import Objective, TuneConfig, set_dotted
 
 METRIC_CONVENTION = (
@@ -146,6 +146,7 @@ def train_depth_model(
     train_set, val_set = depth_dataset(train_dir), depth_dataset(val_dir)
     input_size = int(open_split(train_dir)["spec"].shape[-1])
     stats = InputStats.measure(train_dir)
+    seed_everything(p.train.seed)  # the initial weights depend on the seed alone
     model, loss_fn = build(name, p, input_size, max_depth)
     card = {
         "name": name,

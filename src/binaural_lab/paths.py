@@ -7,6 +7,7 @@ Optuna workers), so shared stores are resolved to absolute paths from the projec
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +28,18 @@ def project_root(start: Path | None = None) -> Path:
         if (candidate / "params.yaml").is_file() or (candidate / "dvc.yaml").is_file():
             return candidate
     return here
+
+
+def store_root(start: Path | None = None) -> Path:
+    """Where the shared stores (mlruns/, tuning/) live: the project root, or, inside a queued or
+    temporary DVC experiment (a copy under ``<project>/.dvc/tmp/exps/``), the original project's
+    root, so every experiment writes to the one store."""
+    root = project_root(start)
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
 
 
 def resolve(path: str | Path, root: Path | None = None) -> Path:
@@ -60,6 +73,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def hash_files(paths: list[Path], pattern: str = "*") -> str:
+    """A short sha256 of files (or of the files matching ``pattern`` below a directory), in path order."""
+    digest = hashlib.sha256()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(f for f in p.rglob(pattern) if f.is_file()) if p.is_dir() else [p])
+    for f in files:
+        if f.exists():
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -9,7 +9,6 @@ through ``mlflow.pytorch.log_model`` (its torch.export default breaks on weight 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any
 import mlflow
 
 from binaural_lab.config import flatten
-from binaural_lab.paths import project_root
+from binaural_lab.paths import hash_files, store_root
 
 STORE_DIR = "mlruns"
 EXPERIMENT_PREFIX = "binaural-lab"
@@ -31,13 +30,13 @@ def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI when set, else the project's sqlite store."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    store = (root or project_root()) / STORE_DIR
+    store = (root or store_root()) / STORE_DIR
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
 def artifact_root(root: Path | None = None) -> Path:
-    return (root or project_root()) / STORE_DIR / "artifacts"
+    return (root or store_root()) / STORE_DIR / "artifacts"
 
 
 def experiment_id(family: str) -> str:
@@ -63,23 +62,6 @@ def _git(*args: str) -> str:
         return ""
 
 
-def fingerprint(paths: list[Path]) -> str:
-    """A short hash of files (or of every file below a directory), in sorted path order."""
-    digest = hashlib.sha256()
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
-    for f in files:
-        if not f.exists():
-            continue
-        digest.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def run_tags(stage: str, data: list[Path] | None = None) -> dict[str, str]:
     """Tags that let a run be traced back: git commit, dirty tree, DVC stage and experiment, data."""
     tags = {
@@ -89,7 +71,7 @@ def run_tags(stage: str, data: list[Path] | None = None) -> dict[str, str]:
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
     }
     if data:
-        tags["dataset_fingerprint"] = fingerprint(data)
+        tags["dataset_fingerprint"] = hash_files(data)
     return tags
 
 

@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 
 from binaural_lab import tracking
 from binaural_lab.config import ParamError, param, parse
-from binaural_lab.paths import project_root, resolve, write_text
+from binaural_lab.paths import resolve, store_root, write_text
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
@@ -107,7 +107,7 @@ def storage_for(url_or_path: str, root: Path | None = None) -> optuna.storages.B
     """A database URL as it is, or a journal file resolved from the project root."""
     if "://" in url_or_path:
         return url_or_path
-    path = resolve(url_or_path, root)
+    path = resolve(url_or_path, root or store_root())
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend)
@@ -116,7 +116,7 @@ def storage_for(url_or_path: str, root: Path | None = None) -> optuna.storages.B
 @contextmanager
 def _host_lock(name: str) -> Iterator[None]:
     """Serialise study set-up between workers on this host (parent-run creation)."""
-    lock_dir = project_root() / "tuning"
+    lock_dir = store_root() / "tuning"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f".{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

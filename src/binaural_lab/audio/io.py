@@ -10,6 +10,10 @@ import soundfile as sf
 from binaural_lab.config import UserError
 from binaural_lab.paths import atomic_path
 
+# libsndfile adds a PEAK chunk with a timestamp to float WAVs, so the same audio written twice would
+# differ byte for byte and DVC would see every simulated dataset as changed. This command turns it off.
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
+
 
 class AudioFileError(UserError, OSError):
     """An audio file is missing, unreadable or not what the caller expected."""
@@ -42,7 +46,7 @@ def read_audio(
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> None:
-    """Write ``[channels, samples]`` (or ``[samples]``) atomically as WAV."""
+    """Write ``[channels, samples]`` (or ``[samples]``) atomically as WAV, byte-identical for equal audio."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[None]
@@ -51,4 +55,6 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: 
     if not np.isfinite(audio).all():
         raise ValueError(f"{path}: refusing to write NaN or infinite samples")
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio.T, int(sample_rate), subtype=subtype, format="WAV")
+        with sf.SoundFile(str(tmp), "w", int(sample_rate), audio.shape[0], subtype=subtype, format="WAV") as f:
+            sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)  # before any sample
+            f.write(audio.T)

@@ -90,7 +90,7 @@ def build_manifest(raw_dir: Path, out_dir: Path, cfg: SplitConfig, seed: int) ->
         table.to_parquet(tmp / "manifest.parquet", index=False)
         sizes = table.groupby("split").agg(samples=("sample_id", "size"), rooms=("room_id", "nunique"))
         counts = {s: {k: int(v) for k, v in sizes.loc[s].items()} for s in SPLITS}
-        write_json(tmp / "splits.json", {"raw_dir": str(raw_dir), "seed": seed, "splits": counts})
+        write_json(tmp / "splits.json", {"seed": seed, "splits": counts})
     return table
 
 

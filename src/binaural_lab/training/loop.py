@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from binaural_lab.config import ParamError, param, to_dict
-from binaural_lab.paths import atomic_path
+from binaural_lab.paths import atomic_path, hash_files
 
 
 @dataclass
@@ -138,8 +138,10 @@ class Trainer:
         self.ckpt_dir = Path(ckpt_dir)
         self.rank, self.world = _distributed()
         self.device = pick_device(cfg.device)
-        # a checkpoint is resumed only when it was written for the same settings and data
-        blob = json.dumps({"train": to_dict(cfg), **(fingerprint or {})}, sort_keys=True, default=str)
+        # a checkpoint is resumed only when it was written for the same settings, data and code: a run
+        # that DVC starts again because the code changed must not pick up a stale finished checkpoint
+        code = hash_files([Path(__file__).resolve().parents[1]], "*.py")
+        blob = json.dumps({"train": to_dict(cfg), "code": code, **(fingerprint or {})}, sort_keys=True, default=str)
         self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
