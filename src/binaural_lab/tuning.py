@@ -75,7 +75,6 @@ class TuneConfig:
     n_trials: int = param(8, ge=1, doc="finished trials the study should hold, over all workers")
     timeout_s: float | None = param(None, gt=0)
     sampler: str = param("tpe", choices=("tpe", "random"))
-    seed: int = param(0, ge=0)
     epochs: int | None = param(None, ge=1, doc="epochs per trial; None keeps the model's own")
     metric: str = param("rmse", doc="validation metric to optimise")
     direction: str = param("minimize", choices=("minimize", "maximize"))
@@ -128,7 +127,8 @@ def _host_lock(name: str) -> Iterator[None]:
 
 def open_study(name: str, cfg: TuneConfig) -> optuna.Study:
     sampler = (
-        optuna.samplers.TPESampler(seed=None, n_startup_trials=max(2, cfg.pruner.n_startup_trials))
+        # unseeded on purpose: workers sharing a study must not propose the same points
+        optuna.samplers.TPESampler(n_startup_trials=max(2, cfg.pruner.n_startup_trials))
         if cfg.sampler == "tpe"
         else optuna.samplers.RandomSampler()
     )
