@@ -67,13 +67,6 @@ def unit_vector(azimuth: np.ndarray | float, elevation: np.ndarray | float) -> n
     return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1)
 
 
-def angles(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Azimuth, elevation (radians) and length of head-frame vectors ``[..., 3]``."""
-    v = np.asarray(vectors, dtype=float)
-    horizontal = np.hypot(v[..., 0], v[..., 1])
-    return np.arctan2(v[..., 1], v[..., 0]), np.arctan2(v[..., 2], horizontal), np.linalg.norm(v, axis=-1)
-
-
 @dataclass(frozen=True)
 class PinholeCamera:
     """Pinhole camera with square pixels and a horizontal field of view (radians)."""
