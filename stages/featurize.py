@@ -9,7 +9,7 @@ from binaural_lab.config import to_dict
 from binaural_lab.data import features
 from binaural_lab.data.manifest import load_manifest
 from binaural_lab.paths import features_dir, prepared_dir, raw_dir
-from binaural_lab.stage import config, entry, load_params, section
+from binaural_lab.stage import BaseParams, config, entry, load_params, section
 
 
 @entry
@@ -37,7 +37,7 @@ def main(kind: str) -> None:
     manifest = load_manifest(manifest_file)
     with tracking.stage_run("data", f"featurize_{kind}", to_dict(cfg), data=[manifest_file]):
         start = time.perf_counter()
-        compute(manifest, raw_dir(kind), features_dir(kind), cfg, workers=params["base"]["workers"])
+        compute(manifest, raw_dir(kind), features_dir(kind), cfg, workers=config(params, "base", BaseParams).workers)
         tracking.log_metrics({"samples": len(manifest), "seconds": time.perf_counter() - start})
 
 

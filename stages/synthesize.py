@@ -8,7 +8,7 @@ from binaural_lab import tracking
 from binaural_lab.config import to_dict
 from binaural_lab.data import simulate
 from binaural_lab.paths import raw_dir
-from binaural_lab.stage import config, entry, load_params
+from binaural_lab.stage import BaseParams, config, entry, load_params
 
 KINDS = {
     "binaural": (simulate.BinauralSceneConfig, simulate.synthesize_binaural),
@@ -24,7 +24,8 @@ def main(kind: str) -> None:
     name = f"synthesize_{kind}"
     cfg_cls, synthesize = KINDS[kind]
     cfg = config(params, name, cfg_cls)
-    seed, workers = params["base"]["seed"], params["base"]["workers"]
+    base = config(params, "base", BaseParams)
+    seed, workers = base.seed, base.workers
     with tracking.stage_run("data", name, {"seed": seed, **to_dict(cfg)}):
         start = time.perf_counter()
         table = synthesize(cfg, raw_dir(kind), seed=seed, workers=workers)

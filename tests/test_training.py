@@ -78,3 +78,31 @@ def test_ddp_two_cpu_processes_split_the_data(tmp_path):
     assert ranks[0]["history"] and not ranks[1]["history"][-1].get("val_mse")
     assert json.loads(out.read_text())["rank"] == 0
     assert (tmp_path / "ckpt" / "last.pt").is_file()
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path, capsys):
+    """A finished checkpoint is reused only for the same settings: a changed lr trains from scratch."""
+    import importlib.util
+
+    import torch
+    from torch import nn
+
+    from binaural_lab.training import TrainConfig, Trainer
+
+    spec = importlib.util.spec_from_file_location("toy_train", TOY)
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+
+    def fit(lr: float):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        trainer = Trainer(TrainConfig(epochs=1, batch_size=8, lr=lr), tmp_path, fingerprint={"toy": 1})
+        return trainer.fit(model, toy.Toy(32), None, toy.ToyTask())
+
+    first = fit(0.01)
+    assert first.resumed_from_step == 0 and len(first.history) == 1
+    again = fit(0.01)  # finished run, same settings: nothing left to train
+    assert again.resumed_from_step == 4 and len(again.history) == 1
+    other = fit(0.02)
+    assert other.resumed_from_step == 0
+    assert "written for other settings or data; starting over" in capsys.readouterr().out

@@ -9,12 +9,21 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from binaural_lab.config import ParamError, UserError, load_yaml, parse
+from binaural_lab.config import ParamError, UserError, load_yaml, param, parse
 from binaural_lab.paths import project_root
 
 T = TypeVar("T")
+
+
+@dataclass
+class BaseParams:
+    """The ``base`` section: what every data stage shares."""
+
+    seed: int = param(0, ge=0)
+    workers: int = param(2, ge=1, le=256, doc="processes or threads for simulation and features")
 USER_ERRORS = (UserError, FileNotFoundError)
 
 
