@@ -3,7 +3,7 @@
 import typer
 
 from binaural_lab import depth, tracking
-from binaural_lab.paths import features_dir, model_dir, report_dir, write_json
+from binaural_lab.paths import features_dir, model_dir, report_dir
 from binaural_lab.stage import entry, load_params, section
 
 
@@ -16,19 +16,11 @@ def main(name: str) -> None:
     out = report_dir("depth", name)
     with tracking.stage_run("depth", f"evaluate_depth@{name}", {"model": name, "split": "test"}):
         metrics = depth.score(depth.predict_split(model, task, test_dir), test_dir)
-        report = {
-            "model": name,
-            "split": "test",
-            "convention": depth.METRIC_CONVENTION,
-            **metrics,
-            "n_parameters": card["n_parameters"],
-            "train_seconds": round(card["train_seconds"], 2),
-        }
-        write_json(out / "metrics.json", report)
+        report = depth.write_metrics(out, name, metrics, card["n_parameters"], card["train_seconds"])
         tracking.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         for figure in depth.save_figures(model, task, test_dir, out / "figures", n_examples):
             tracking.log_artifact(figure, "figures")
-        tracking.log_artifact(out / "metrics.json")
+        tracking.log_artifact(report)
 
 
 if __name__ == "__main__":

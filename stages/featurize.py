@@ -7,7 +7,6 @@ import typer
 from binaural_lab import tracking
 from binaural_lab.config import to_dict
 from binaural_lab.data import features
-from binaural_lab.data.manifest import load_manifest
 from binaural_lab.paths import features_dir, prepared_dir, raw_dir
 from binaural_lab.stage import BaseParams, config, entry, load_params, section
 
@@ -34,11 +33,12 @@ def main(kind: str) -> None:
     else:
         raise typer.BadParameter(f"kind must be binaural or echoes, got {kind!r}")
     manifest_file = prepared_dir(kind) / "manifest.parquet"
-    manifest = load_manifest(manifest_file)
     with tracking.stage_run("data", f"featurize_{kind}", to_dict(cfg), data=[manifest_file]):
         start = time.perf_counter()
-        compute(manifest, raw_dir(kind), features_dir(kind), cfg, workers=config(params, "base", BaseParams).workers)
-        tracking.log_metrics({"samples": len(manifest), "seconds": time.perf_counter() - start})
+        counts = compute(
+            manifest_file, raw_dir(kind), features_dir(kind), cfg, workers=config(params, "base", BaseParams).workers
+        )
+        tracking.log_metrics({"samples": sum(counts.values()), "seconds": time.perf_counter() - start})
 
 
 if __name__ == "__main__":

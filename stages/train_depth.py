@@ -17,8 +17,6 @@ def main(name: str) -> None:
     p = depth.parse_model_params(name, section(params, f"depth_models.{name}"))
     max_depth = float(section(params, "synthesize_echoes.max_depth_m"))
     feats = features_dir("echoes")
-    input_size = int(section(params, "featurize_echoes.input_size"))
-    depth.check_memory(name, p, input_size)
     out = model_dir("depth", name)
     figures = report_dir("depth", name) / "training"
     n_examples = int(section(params, "evaluate_depth.n_examples"))

@@ -118,3 +118,12 @@ def test_config_errors_name_the_key():
         build_depth_model("binaural_attention", {"attention_levels": [6]}, 64, MAX_DEPTH)
     with pytest.raises(ParamError, match="input_size"):
         build_depth_model("unet", {}, 48, MAX_DEPTH)
+
+
+def test_memory_check_through_the_registry_names_the_params_key():
+    from binaural_lab.models import check_depth_model_memory
+
+    where = "depth_models.binaural_attention.model"
+    with pytest.raises(AttentionMemoryError, match=r"depth_models\.binaural_attention\.model\.attention_levels"):
+        check_depth_model_memory("binaural_attention", {"attention_memory_budget_mb": 1.0}, 64, 8, where)
+    check_depth_model_memory("unet", {"ngf": 4}, 256, 64, "depth_models.unet.model")  # no attention: no limit

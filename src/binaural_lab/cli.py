@@ -47,13 +47,13 @@ def pipeline_use(name: str) -> None:
 
 
 def _tune_setup(model: str):
-    from binaural_lab.tuning import TuneConfig, parse_space
+    from binaural_lab.tuning import TuneConfig
 
     params = load_params()
     cfg = parse(TuneConfig, section(params, "tune"), "tune")
     if model not in cfg.spaces:
         raise ParamError(f"tune.spaces: no search space for {model!r}; declared: {sorted(cfg.spaces)}")
-    return params, cfg, parse_space(cfg.spaces[model], f"tune.spaces.{model}")
+    return params, cfg, cfg.spaces[model]
 
 
 def _best_file(model: str) -> Path:

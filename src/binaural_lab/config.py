@@ -92,7 +92,8 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ParamError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
+        value_tp = args[1] if args else Any
+        return {k: _coerce(v, value_tp, meta, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, key)
     if tp is Any:

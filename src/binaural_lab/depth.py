@@ -28,10 +28,9 @@ from binaural_lab.data.shards import ShardDataset, open_split
 from binaural_lab.losses import build_depth_loss
 from binaural_lab.metrics.depth import DepthMetricAccumulator
 from binaural_lab.models import (
-    BinauralAttentionConfig,
     BinauralAttentionDepth,
     build_depth_model,
-    check_attention_memory,
+    check_depth_model_memory,
     count_parameters,
 )
 from binaural_lab.paths import atomic_path, write_json, write_text
@@ -121,8 +120,8 @@ def parse_model_params(name: str, block: Mapping[str, Any] | None) -> DepthModel
 
 def build(name: str, p: DepthModelParams, input_size: int, max_depth: float) -> tuple[nn.Module, Any]:
     """The network and its loss, from a params block."""
-    model = build_depth_model(name, p.model, input_size, max_depth)
-    loss_fn = build_depth_loss(name, p.loss, max_depth)
+    model = build_depth_model(name, p.model, input_size, max_depth, where=f"depth_models.{name}.model")
+    loss_fn = build_depth_loss(name, p.loss, max_depth, where=f"depth_models.{name}.loss")
     return model, loss_fn
 
 
@@ -145,6 +144,7 @@ def train_depth_model(
     train_dir, val_dir = features_dir / "train", features_dir / "val"
     train_set, val_set = depth_dataset(train_dir), depth_dataset(val_dir)
     input_size = int(open_split(train_dir)["spec"].shape[-1])
+    check_depth_model_memory(name, p.model, input_size, p.train.batch_size, f"depth_models.{name}.model")
     stats = InputStats.measure(train_dir)
     seed_everything(p.train.seed)  # the initial weights depend on the seed alone
     model, loss_fn = build(name, p, input_size, max_depth)
@@ -222,6 +222,27 @@ def score(pred: np.ndarray, split_dir: Path) -> dict[str, float]:
     return acc.compute()
 
 
+def write_metrics(
+    out_dir: Path, model: str, metrics: Mapping[str, float], n_parameters: int, train_seconds: float
+) -> Path:
+    """``out_dir/metrics.json``: the test metrics of one model, named with their convention."""
+    report = {
+        "model": model,
+        "split": "test",
+        "convention": METRIC_CONVENTION,
+        **metrics,
+        "n_parameters": n_parameters,
+        "train_seconds": round(train_seconds, 2),
+    }
+    write_json(out_dir / "metrics.json", report)
+    return out_dir / "metrics.json"
+
+
+def example_indices(n: int, n_examples: int) -> np.ndarray:
+    """``n_examples`` evenly spaced sample indices of a split of ``n``, for figures."""
+    return np.linspace(0, n - 1, min(n_examples, n)).astype(int)
+
+
 COMPARE_METRICS = ("rmse", "abs_rel", "mae", "log10", "delta1", "delta2", "delta3")
 
 
@@ -270,8 +291,6 @@ def make_objective(name: str, block: Mapping[str, Any], feats: Path, max_depth: 
         if cfg.epochs is not None:
             trial_block.setdefault("train", {})["epochs"] = cfg.epochs
         p = parse_model_params(name, trial_block)
-        input_size = int(open_split(feats / "train")["spec"].shape[-1])
-        check_memory(name, p, input_size)
 
         def on_epoch(epoch: int, train_m: dict[str, float], val_m: dict[str, float], model: nn.Module) -> None:
             if key not in val_m:
@@ -313,13 +332,6 @@ def score_prediction_dir(pred_dir: Path, gt_dir: Path, max_depth: float) -> dict
     return {**acc.compute(), "n_files": len(gt_files)}
 
 
-def check_memory(name: str, p: DepthModelParams, input_size: int) -> None:
-    """Stop before training when the attention maps would not fit the configured memory budget."""
-    if name == "binaural_attention":
-        cfg = parse(BinauralAttentionConfig, p.model, f"depth_models.{name}.model")
-        check_attention_memory(cfg, input_size, p.train.batch_size, where=f"depth_models.{name}.model")
-
-
 ATTENTION_QUERIES = np.array([[0.25, 0.25], [0.5, 0.5], [0.75, 0.75]])  # (row, col) fractions of the map
 
 
@@ -352,8 +364,7 @@ def save_figures(
     attend on the right ear at each level.
     """
     shards = open_split(split_dir)
-    n = len(shards["depth"])
-    pick = np.linspace(0, n - 1, min(n_examples, n)).astype(int)
+    pick = example_indices(len(shards["depth"]), n_examples)
     was_training = model.training
     model.eval()
     batch = {"spec": torch.from_numpy(np.asarray(shards["spec"][pick]))}

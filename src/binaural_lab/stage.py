@@ -24,6 +24,8 @@ class BaseParams:
 
     seed: int = param(0, ge=0)
     workers: int = param(2, ge=1, le=256, doc="processes or threads for simulation and features")
+
+
 USER_ERRORS = (UserError, FileNotFoundError)
 
 

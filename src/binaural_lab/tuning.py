@@ -25,7 +25,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from binaural_lab import tracking
-from binaural_lab.config import ParamError, param, parse
+from binaural_lab.config import ParamError, param
 from binaural_lab.paths import resolve, store_root, write_text
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -79,13 +79,12 @@ class TuneConfig:
     metric: str = param("rmse", doc="validation metric to optimise")
     direction: str = param("minimize", choices=("minimize", "maximize"))
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    spaces: dict[str, dict[str, SearchDim]] = param({})
+    spaces: dict[str, dict[str, SearchDim]] = param({}, doc="model -> dotted key of its params block -> range")
 
-
-def parse_space(raw: Mapping[str, Any], where: str) -> dict[str, SearchDim]:
-    if not isinstance(raw, Mapping) or not raw:
-        raise ParamError(f"{where}: expected a non-empty mapping of dotted keys to ranges")
-    return {key: parse(SearchDim, dim, f"{where}.{key}") for key, dim in raw.items()}
+    def validate(self, where: str) -> None:
+        for model, space in self.spaces.items():
+            if not space:
+                raise ParamError(f"{where}.spaces.{model}: declare at least one dotted key and its range")
 
 
 def set_dotted(block: Mapping[str, Any], values: Mapping[str, Any], where: str) -> dict[str, Any]:

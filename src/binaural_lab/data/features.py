@@ -30,7 +30,7 @@ from binaural_lab.audio.io import AudioFileError, read_audio
 from binaural_lab.audio.mel import MelConfig, mel_spectrogram
 from binaural_lab.audio.stft import echo_spectrogram, resample, stft_features
 from binaural_lab.config import ParamError, UserError, param, to_dict
-from binaural_lab.data.manifest import SPLITS, ManifestError, check_files, load_manifest
+from binaural_lab.data.manifest import SPLITS, ManifestError, check_table, load_manifest
 from binaural_lab.data.shards import ArraySpec, write_split
 from binaural_lab.paths import atomic_path
 
@@ -139,23 +139,10 @@ def compute_echo_features(
 
 def _checked_manifest(manifest: pd.DataFrame | Path, raw_dir: Path, columns: list[str]) -> tuple[pd.DataFrame, str]:
     """The manifest table and its name, after checking columns, splits, sample ids and files."""
-    if isinstance(manifest, pd.DataFrame):
-        table, source = manifest, "manifest (DataFrame)"
-    else:
-        table, source = load_manifest(Path(manifest)), str(manifest)
-    missing = [c for c in ["split", *columns] if c not in table.columns]
-    if missing:
-        raise ManifestError(f"{source}: column(s) {missing} missing (columns: {list(table.columns)})")
-    if table.empty:
-        raise ManifestError(f"{source}: the manifest has no rows")
-    unknown = sorted(set(table["split"]) - set(SPLITS))
-    if unknown:
-        raise ManifestError(f"{source}: unknown split value(s) {unknown}; expected {list(SPLITS)}")
-    duplicated = table.loc[table["sample_id"].duplicated(), "sample_id"]
-    if len(duplicated):
-        raise ManifestError(f"{source}: sample_id {duplicated.iloc[0]!r} appears more than once")
-    check_files(table, raw_dir, [c for c in columns if c.endswith("_path")], source)
-    return table, source
+    if not isinstance(manifest, pd.DataFrame):
+        return load_manifest(Path(manifest), raw_dir, columns), str(manifest)
+    check_table(manifest, "manifest (DataFrame)", columns, raw_dir)
+    return manifest, "manifest (DataFrame)"
 
 
 def _audio_frames(path: Path) -> int:

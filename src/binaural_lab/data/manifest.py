@@ -68,19 +68,35 @@ def path_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.endswith("_path")]
 
 
+def check_table(
+    table: pd.DataFrame, source: str, columns: list[str] = (), raw_dir: Path | None = None, with_split: bool = True
+) -> None:
+    """Fail, naming ``source``, on missing columns, no rows, unknown splits, repeated sample ids or
+    (when ``raw_dir`` is given) files that do not exist."""
+    required = ["sample_id", "room_id", *(["split"] if with_split else []), *columns]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{source}: column(s) {missing} missing (columns: {list(table.columns)})")
+    if table.empty:
+        raise ManifestError(f"{source}: no rows")
+    if with_split:
+        unknown = sorted(set(table["split"]) - set(SPLITS))
+        if unknown:
+            raise ManifestError(f"{source}: unknown split value(s) {unknown}; expected {list(SPLITS)}")
+    repeated = table.loc[table["sample_id"].duplicated(), "sample_id"]
+    if len(repeated):
+        raise ManifestError(f"{source}: sample_id {repeated.iloc[0]!r} appears more than once")
+    if raw_dir is not None:
+        check_files(table, raw_dir, path_columns(table), source)
+
+
 def build_manifest(raw_dir: Path, out_dir: Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
     """Read ``raw_dir/scenes.parquet``, check its files, add ``split``, write ``out_dir/manifest.parquet``."""
     scenes_file = raw_dir / "scenes.parquet"
     if not scenes_file.is_file():
         raise ManifestError(f"{scenes_file}: scene table not found; run the synthesis stage first")
     table = pd.read_parquet(scenes_file)
-    for col in ("sample_id", "room_id"):
-        if col not in table.columns:
-            raise ManifestError(f"{scenes_file}: column {col!r} is missing")
-    if table["sample_id"].duplicated().any():
-        dup = table.loc[table["sample_id"].duplicated(), "sample_id"].iloc[0]
-        raise ManifestError(f"{scenes_file}: sample_id {dup!r} appears more than once")
-    check_files(table, raw_dir, path_columns(table), str(scenes_file))
+    check_table(table, str(scenes_file), raw_dir=raw_dir, with_split=False)
     table = table.assign(split=assign_splits(table["room_id"], cfg, seed))
     first = ["sample_id", "split", "room_id"]
     table = table[first + [c for c in table.columns if c not in first]].sort_values("sample_id")
@@ -94,17 +110,10 @@ def build_manifest(raw_dir: Path, out_dir: Path, cfg: SplitConfig, seed: int) ->
     return table
 
 
-def load_manifest(path: Path, raw_dir: Path | None = None) -> pd.DataFrame:
-    """Read a manifest, checking its required columns and (when ``raw_dir`` is given) its files."""
+def load_manifest(path: Path, raw_dir: Path | None = None, columns: list[str] = ()) -> pd.DataFrame:
+    """Read a manifest and :func:`check_table` it (its files too when ``raw_dir`` is given)."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; run the prepare stage first")
     table = pd.read_parquet(path)
-    for col in ("sample_id", "split", "room_id"):
-        if col not in table.columns:
-            raise ManifestError(f"{path}: column {col!r} is missing")
-    bad = sorted(set(table["split"]) - set(SPLITS))
-    if bad:
-        raise ManifestError(f"{path}: unknown split value(s) {bad}; expected {list(SPLITS)}")
-    if raw_dir is not None:
-        check_files(table, raw_dir, path_columns(table), str(path))
+    check_table(table, str(path), columns, raw_dir)
     return table

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,30 +177,18 @@ def open_split(split_dir: str | Path) -> dict[str, np.memmap]:
 class ShardDataset(Dataset[dict[str, Tensor]]):
     """Samples of one split as dicts of tensors, read from the memory maps.
 
-    ``keys`` maps array names to output keys, ``transforms`` (by array name) runs on each item's
-    tensor, ``index_columns`` maps numeric index columns to output keys (floats as float32). The
-    memory maps are opened lazily in each process and never pickled, so DataLoader workers are safe.
+    ``keys`` maps array names to output keys. The memory maps are opened lazily in each process and
+    never pickled, so DataLoader workers are safe.
     """
 
-    def __init__(
-        self,
-        split_dir: str | Path,
-        keys: Mapping[str, str],
-        transforms: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
-        index_columns: Mapping[str, str] | None = None,
-    ):
+    def __init__(self, split_dir: str | Path, keys: Mapping[str, str]):
         reader = ShardReader(split_dir)
         missing = sorted(set(keys) - set(reader.names))
         if missing:
             raise ShardError(f"{reader.dir}: no array(s) {missing}; the split holds {reader.names}")
         self.split_dir = reader.dir
         self.keys = dict(keys)
-        self.transforms = dict(transforms or {})
-        unknown = sorted(set(self.transforms) - set(self.keys))
-        if unknown:
-            raise ValueError(f"transforms for array(s) {unknown} that are not in keys {sorted(self.keys)}")
         self._length = len(reader)
-        self._columns = _index_tensors(reader, index_columns or {})
         self._arrays: dict[str, np.memmap] | None = None
 
     def __len__(self) -> int:
@@ -210,33 +198,9 @@ class ShardDataset(Dataset[dict[str, Tensor]]):
         if self._arrays is None:
             reader = ShardReader(self.split_dir)
             self._arrays = {name: reader.open(name) for name in self.keys}
-        item = {}
-        for name, key in self.keys.items():
-            value = torch.from_numpy(np.array(self._arrays[name][i]))
-            transform = self.transforms.get(name)
-            item[key] = transform(value) if transform else value
-        for key, column in self._columns.items():
-            item[key] = column[i]
-        return item
+        return {key: torch.from_numpy(np.array(self._arrays[name][i])) for name, key in self.keys.items()}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_arrays"] = None
         return state
-
-
-def _index_tensors(reader: ShardReader, columns: Mapping[str, str]) -> dict[str, Tensor]:
-    """Numeric index columns as tensors keyed by output key (floats as float32)."""
-    if not columns:
-        return {}
-    table = reader.index()
-    out = {}
-    for column, key in columns.items():
-        if column not in table.columns:
-            raise ShardError(f"{reader.dir / INDEX_FILE}: no column {column!r}; it has {list(table.columns)}")
-        values = table[column].to_numpy()
-        if not np.issubdtype(values.dtype, np.number):
-            raise ShardError(f"{reader.dir / INDEX_FILE}: column {column!r} is not numeric ({values.dtype})")
-        tensor = torch.tensor(values)
-        out[key] = tensor.float() if tensor.is_floating_point() else tensor
-    return out

@@ -6,6 +6,7 @@ Every depth model takes echo spectrograms ``[B, 2, S, S]`` (left, right) and ret
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -41,6 +42,19 @@ def build_depth_model(
     return model_cls(cfg, input_size, max_depth)
 
 
+# memory checks that a model can run before anything is allocated, with the training batch size
+MEMORY_CHECKS: dict[str, Callable[..., None]] = {"binaural_attention": check_attention_memory}
+
+
+def check_depth_model_memory(
+    name: str, cfg_dict: dict[str, Any] | None, input_size: int, batch_size: int, where: str
+) -> None:
+    """Stop with a message naming the key when model ``name`` would not fit its memory budget."""
+    if name in MEMORY_CHECKS:
+        cfg_cls, _ = DEPTH_MODELS[name]
+        MEMORY_CHECKS[name](parse(cfg_cls, cfg_dict, where), input_size, batch_size, where=where)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (trainable or not); works on models built on the meta device."""
     return sum(p.numel() for p in model.parameters())
@@ -58,5 +72,6 @@ __all__ = [
     "attention_memory_mb",
     "build_depth_model",
     "check_attention_memory",
+    "check_depth_model_memory",
     "count_parameters",
 ]
