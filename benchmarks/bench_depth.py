@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from binaural_lab.losses import build_depth_loss
-from binaural_lab.models import AttentionMemoryError, build_depth_model, count_parameters
+from binaural_lab.depth import REGISTRY
+from binaural_lab.family import count_parameters
+from binaural_lab.models.binaural_attention import AttentionMemoryError
 
 MODELS = ("unet", "base_residual", "binaural_attention")
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
@@ -43,7 +44,7 @@ def load_size(name: str) -> dict:
     batch = blocks["unet"]["train"]["batch_size"]
     return {
         "input_size": params["featurize_echoes"]["input_size"],
-        "max_depth": params["synthesize_echoes"]["max_depth_m"],
+        "max_depth": params["datasets"]["echoes"]["max_depth_m"],
         "batch": {"cpu": batch if name == "default" else 1, "cuda": batch},
         "models": {m: blocks[m]["model"] for m in MODELS},
         "losses": {m: blocks[m]["loss"] for m in MODELS},
@@ -65,10 +66,11 @@ def run_case(case: dict) -> dict:
     size, batch = case["input_size"], case["batch"]
     torch.manual_seed(0)
     try:
-        model = build_depth_model(case["model"], case["cfg"], size, case["max_depth"]).to(device).train()
+        model = REGISTRY.build_model(case["model"], case["cfg"], input_size=size, max_depth=case["max_depth"])
+        model.to(device).train()
     except AttentionMemoryError as exc:
         return {"refused": str(exc)}
-    loss_fn = build_depth_loss(case["model"], case["loss"], case["max_depth"])
+    loss_fn = REGISTRY.build_loss(case["model"], case["loss"], epochs=1, max_depth=case["max_depth"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 2, size, size, device=device)
     target = case["max_depth"] * torch.rand(batch, 1, size, size, device=device)
@@ -77,7 +79,7 @@ def run_case(case: dict) -> dict:
 
     def step() -> None:
         with autocast:
-            loss, _ = loss_fn(model(x), target, 1000)
+            loss, _ = loss_fn(model(x), target, 0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -111,7 +113,7 @@ def print_parameter_counts(sizes: list[str]) -> None:
     rows += [("binaural_attention", 256, {"base_channels": c}) for c in (32, 64, 96)]
     for name, size, cfg in dict.fromkeys((n, s, json.dumps(c)) for n, s, c in rows):
         with torch.device("meta"):
-            model = build_depth_model(name, json.loads(cfg), size, 10.0)
+            model = REGISTRY.build_model(name, json.loads(cfg), input_size=size, max_depth=10.0)
         print(f"  {name:<19} {size:>3}x{size:<3} {cfg:<24} {count_parameters(model) / 1e6:7.2f} M")
 
 

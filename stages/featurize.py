@@ -1,4 +1,4 @@
-"""Stage featurize_<kind>: compute the shared feature shards into data/features/<dataset>."""
+"""Stage featurize_<slot>: compute the shared feature shards into data/features/<name>."""
 
 import time
 
@@ -7,36 +7,35 @@ import typer
 from binaural_lab import tracking
 from binaural_lab.config import to_dict
 from binaural_lab.data import features
-from binaural_lab.paths import features_dir, prepared_dir, raw_dir
+from binaural_lab.data.datasets import dataset
 from binaural_lab.stage import BaseParams, config, entry, load_params, section
 
 
 @entry
-def main(kind: str) -> None:
+def main(slot: str) -> None:
     params = load_params()
-    if kind == "binaural":
-        # the mel sample rate is the simulated audio's: one key in params, not two to keep in step
-        mel = {**(section(params, "featurize_binaural").get("mel") or {})}
-        mel["sample_rate"] = section(params, "synthesize_binaural.sample_rate")
+    data = dataset(params, slot)
+    if slot == "binaural":
+        # the mel sample rate is the dataset's: one key in params, not two to keep in step
+        mel = {**(section(params, "featurize_binaural").get("mel") or {}), "sample_rate": data.sample_rate}
         cfg = config(params, "featurize_binaural", features.BinauralFeatureConfig, mel=mel)
         compute = features.compute_binaural_features
-    elif kind == "echoes":
-        synth = section(params, "synthesize_echoes")
+    elif slot == "echoes":
         cfg = config(
             params,
             "featurize_echoes",
             features.EchoFeatureConfig,
-            sample_rate=synth["sample_rate"],
-            max_depth_m=synth["max_depth_m"],
+            sample_rate=data.sample_rate,
+            max_depth_m=data.max_depth_m,
         )
         compute = features.compute_echo_features
     else:
-        raise typer.BadParameter(f"kind must be binaural or echoes, got {kind!r}")
-    manifest_file = prepared_dir(kind) / "manifest.parquet"
-    with tracking.stage_run("data", f"featurize_{kind}", to_dict(cfg), data=[manifest_file]):
+        raise typer.BadParameter(f"slot must be binaural or echoes, got {slot!r}")
+    manifest_file = data.prepared / "manifest.parquet"
+    with tracking.stage_run("data", f"featurize_{slot}", to_dict(cfg), data=[manifest_file]):
         start = time.perf_counter()
         counts = compute(
-            manifest_file, raw_dir(kind), features_dir(kind), cfg, workers=config(params, "base", BaseParams).workers
+            manifest_file, data.raw, data.features, cfg, workers=config(params, "base", BaseParams).workers
         )
         tracking.log_metrics({"samples": sum(counts.values()), "seconds": time.perf_counter() - start})
 

@@ -1,34 +1,40 @@
-"""Stage synthesize_<kind>: simulate the embedded dataset into data/raw/<dataset>."""
+"""Stage synthesize_<slot>: simulate the embedded dataset of ``datasets.<slot>`` into data/raw/<name>."""
 
 import time
 
 import typer
 
 from binaural_lab import tracking
-from binaural_lab.config import to_dict
+from binaural_lab.config import ParamError, to_dict
 from binaural_lab.data import simulate
-from binaural_lab.paths import raw_dir
+from binaural_lab.data.datasets import dataset
 from binaural_lab.stage import BaseParams, config, entry, load_params
 
-KINDS = {
+SIMULATORS = {
     "binaural": (simulate.BinauralSceneConfig, simulate.synthesize_binaural),
     "echoes": (simulate.EchoSceneConfig, simulate.synthesize_echoes),
 }
 
 
 @entry
-def main(kind: str) -> None:
-    if kind not in KINDS:
-        raise typer.BadParameter(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+def main(slot: str) -> None:
+    if slot not in SIMULATORS:
+        raise typer.BadParameter(f"slot must be one of {sorted(SIMULATORS)}, got {slot!r}")
     params = load_params()
-    name = f"synthesize_{kind}"
-    cfg_cls, synthesize = KINDS[kind]
-    cfg = config(params, name, cfg_cls)
+    data = dataset(params, slot)
+    if data.kind != "synthetic":
+        raise ParamError(f"datasets.{slot}.kind: {data.kind!r} is not simulated; its data comes from a download stage")
+    name = f"synthesize_{slot}"
+    cfg_cls, synthesize = SIMULATORS[slot]
+    # the facts about the dataset live in datasets.<slot>, not in the simulation's own section
+    facts = {"sample_rate": data.sample_rate}
+    if slot == "echoes":
+        facts.update(max_depth_m=data.max_depth_m, depth_kind=data.depth_kind)
+    cfg = config(params, name, cfg_cls, **facts)
     base = config(params, "base", BaseParams)
-    seed, workers = base.seed, base.workers
-    with tracking.stage_run("data", name, {"seed": seed, **to_dict(cfg)}):
+    with tracking.stage_run("data", name, {"seed": base.seed, **to_dict(cfg)}):
         start = time.perf_counter()
-        table = synthesize(cfg, raw_dir(kind), seed=seed, workers=workers)
+        table = synthesize(cfg, data.raw, seed=base.seed, workers=base.workers)
         tracking.log_metrics(
             {"samples": len(table), "rooms": table["room_id"].nunique(), "seconds": time.perf_counter() - start}
         )

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from binaural_lab.config import ParamError
-from binaural_lab.losses import DEPTH_LOSSES, build_depth_loss
+from binaural_lab.depth import REGISTRY
 from binaural_lab.losses.depth import (
     edge_term,
     frequency_split,
@@ -13,6 +13,10 @@ from binaural_lab.losses.depth import (
 )
 
 MAX_DEPTH = 10.0
+
+
+def build_depth_loss(name: str, cfg: dict, max_depth: float, epochs: int = 100):
+    return REGISTRY.build_loss(name, cfg, epochs, max_depth=max_depth)
 
 
 def _target(seed: int = 0) -> torch.Tensor:
@@ -146,36 +150,46 @@ def test_base_residual_terms_by_hand():
     assert total.item() == pytest.approx(1.0 * 0.5 + 0.5 * 1.0 + 0.1 * 0.5)
 
 
-def test_base_residual_adaptive_curriculum_weights():
-    loss = build_depth_loss("base_residual", {"curriculum": "adaptive", "warmup_epochs": 10}, MAX_DEPTH)
-    assert loss.weights(0) == {"recon": 0.5, "base": 1.0, "residual": 0.1}
-    assert loss.weights(5) == pytest.approx({"recon": 0.75, "base": 0.75, "residual": 0.1})
-    assert loss.weights(10) == loss.weights(50) == {"recon": 1.0, "base": 0.5, "residual": 0.1}
+def test_base_residual_adaptive_curriculum_weights_scale_with_the_run():
+    for epochs in (25, 6):  # warm-up over 40 % of the run: 10 epochs of 25, 2 of 6 (rounded)
+        loss = build_depth_loss("base_residual", {"curriculum": "adaptive", "warmup_fraction": 0.4}, MAX_DEPTH, epochs)
+        warmup = round(0.4 * epochs)
+        assert loss.weights(0) == {"l_recon": 0.5, "l_base": 1.0, "l_sparse": 0.1}
+        assert loss.weights(warmup / 2) == pytest.approx({"l_recon": 0.75, "l_base": 0.75, "l_sparse": 0.1})
+        assert loss.weights(warmup) == loss.weights(epochs - 1) == {"l_recon": 1.0, "l_base": 0.5, "l_sparse": 0.1}
     fixed = build_depth_loss("base_residual", {}, MAX_DEPTH)
-    assert fixed.weights(0) == fixed.weights(50) == {"recon": 1.0, "base": 0.5, "residual": 0.1}
-    with pytest.raises(ParamError, match="losses.base_residual.l_base"):
+    assert fixed.weights(0) == fixed.weights(50) == {"l_recon": 1.0, "l_base": 0.5, "l_sparse": 0.1}
+    with pytest.raises(ParamError, match="depth_models.base_residual.loss.l_base"):
         build_depth_loss("base_residual", {"curriculum": "adaptive", "l_base": 2.0}, MAX_DEPTH)
 
 
-def test_attention_adaptive_curriculum_weights():
-    loss = build_depth_loss("binaural_attention", {"curriculum": "adaptive"}, MAX_DEPTH)
-    assert loss.weights(0) == loss.weights(19) == {"edge": 0.0, "smooth": 0.0}
-    assert loss.weights(20) == loss.weights(59) == {"edge": 0.2, "smooth": 0.0}
-    assert loss.weights(60) == {"edge": 0.2, "smooth": 0.1}
-    fixed = build_depth_loss("binaural_attention", {}, MAX_DEPTH)
-    assert fixed.weights(0) == {"edge": 0.2, "smooth": 0.1}
+@pytest.mark.parametrize("epochs", [80, 20, 6])
+def test_attention_curriculum_phases_are_fractions_of_the_run(epochs):
+    loss = build_depth_loss(
+        "binaural_attention", {"curriculum": "adaptive", "edge_from": 0.25, "smooth_from": 0.5}, MAX_DEPTH, epochs
+    )
+    weights = [loss.weights(e) for e in range(epochs)]
+    edge_on = [w["l_edge"] > 0 for w in weights]
+    smooth_on = [w["l_smooth"] > 0 for w in weights]
+    # each phase starts at the same fraction of the run, whatever its length; once on, a term stays on
+    assert edge_on.index(True) == int(0.25 * epochs) and all(edge_on[edge_on.index(True) :])
+    assert smooth_on.index(True) == int(0.5 * epochs) and all(smooth_on[smooth_on.index(True) :])
+    assert sum(smooth_on) >= epochs / 2
+    assert weights[-1] == {"l1": 1.0, "l_edge": 0.2, "l_smooth": 0.1}
+    fixed = build_depth_loss("binaural_attention", {}, MAX_DEPTH, epochs)
+    assert fixed.weights(0) == {"l1": 1.0, "l_edge": 0.2, "l_smooth": 0.1}
     gt, outputs = _target(), _outputs("binaural_attention")
     total, parts = loss(outputs, gt, 0)
     assert total.item() == pytest.approx(parts["l1"])
-    total, parts = loss(outputs, gt, 60)
+    total, parts = loss(outputs, gt, epochs - 1)
     assert total.item() == pytest.approx(parts["l1"] + 0.2 * parts["edge"] + 0.1 * parts["smooth"], rel=1e-5)
-    with pytest.raises(ParamError, match="smooth_from_epoch"):
-        build_depth_loss("binaural_attention", {"edge_from_epoch": 30, "smooth_from_epoch": 10}, MAX_DEPTH)
+    with pytest.raises(ParamError, match="smooth_from"):
+        build_depth_loss("binaural_attention", {"edge_from": 0.6, "smooth_from": 0.3}, MAX_DEPTH)
 
 
 def test_registry_errors():
-    assert sorted(DEPTH_LOSSES) == ["base_residual", "binaural_attention", "unet"]
+    assert sorted(REGISTRY.names) == ["base_residual", "binaural_attention", "unet"]
     with pytest.raises(ParamError, match="unet"):
         build_depth_loss("l2", {}, MAX_DEPTH)
-    with pytest.raises(ParamError, match=r"losses.binaural_attention: unknown key"):
+    with pytest.raises(ParamError, match=r"depth_models.binaural_attention.loss: unknown key"):
         build_depth_loss("binaural_attention", {"l_sparse": 1.0}, MAX_DEPTH)

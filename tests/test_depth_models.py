@@ -4,17 +4,23 @@ import pytest
 import torch
 
 from binaural_lab.config import ParamError, parse
-from binaural_lab.models import (
-    DEPTH_MODELS,
+from binaural_lab.depth import REGISTRY
+from binaural_lab.family import count_parameters
+from binaural_lab.models.binaural_attention import (
     AttentionMemoryError,
     BinauralAttentionConfig,
-    build_depth_model,
+    CrossEarAttention,
     check_attention_memory,
-    count_parameters,
 )
-from binaural_lab.models.binaural_attention import CrossEarAttention
 
 MAX_DEPTH = 12.0
+DEPTH_MODELS = REGISTRY.names
+
+
+def build_depth_model(name: str, cfg: dict, input_size: int, max_depth: float):
+    return REGISTRY.build_model(name, cfg, input_size=input_size, max_depth=max_depth)
+
+
 TINY = {"unet": {"ngf": 4}, "base_residual": {"ngf": 4}, "binaural_attention": {"base_channels": 4}}
 
 
@@ -112,18 +118,15 @@ def test_memory_guard_names_level_size_and_budget():
 def test_config_errors_name_the_key():
     with pytest.raises(ParamError, match="binaural_attention"):
         build_depth_model("transformer", {}, 64, MAX_DEPTH)
-    with pytest.raises(ParamError, match=r"models.unet.min_size"):
+    with pytest.raises(ParamError, match=r"depth_models.unet.model.min_size"):
         build_depth_model("unet", {"min_size": 3}, 64, MAX_DEPTH)
-    with pytest.raises(ParamError, match=r"models.binaural_attention.attention_levels\[0\]"):
+    with pytest.raises(ParamError, match=r"depth_models.binaural_attention.model.attention_levels\[0\]"):
         build_depth_model("binaural_attention", {"attention_levels": [6]}, 64, MAX_DEPTH)
     with pytest.raises(ParamError, match="input_size"):
         build_depth_model("unet", {}, 48, MAX_DEPTH)
 
 
 def test_memory_check_through_the_registry_names_the_params_key():
-    from binaural_lab.models import check_depth_model_memory
-
-    where = "depth_models.binaural_attention.model"
     with pytest.raises(AttentionMemoryError, match=r"depth_models\.binaural_attention\.model\.attention_levels"):
-        check_depth_model_memory("binaural_attention", {"attention_memory_budget_mb": 1.0}, 64, 8, where)
-    check_depth_model_memory("unet", {"ngf": 4}, 256, 64, "depth_models.unet.model")  # no attention: no limit
+        REGISTRY.check_memory("binaural_attention", {"attention_memory_budget_mb": 1.0}, 8, input_size=64)
+    REGISTRY.check_memory("unet", {"ngf": 4}, 64, input_size=256)  # no attention: no limit

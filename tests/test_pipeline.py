@@ -59,11 +59,17 @@ def test_repro_writes_every_report_and_tracks_runs(project):
     assert {r["model"] for r in compare["rows"]} == {"mean", "unet", "base_residual", "binaural_attention"}
     metrics = json.loads((project / "reports/depth/unet/metrics.json").read_text())
     assert set(metrics) >= {"rmse", "abs_rel", "delta1", "delta2", "delta3", "log10", "mae", "convention"}
+    assert metrics["depth_kind"] == "planar" and "planar depth" in metrics["convention"]
     assert (project / "reports/depth/unet/figures/examples.png").stat().st_size > 1000
     assert (project / "data/features/synthetic-binaural/train/mel.npy").is_file()
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["binaural-lab/depth"])
     assert {"train_depth@unet", "evaluate_depth@unet", "baseline_depth"} <= set(runs["tags.dvc_stage"])
+    # every loss term's weight is logged per epoch; with the tiny 2-epoch run the smoothness term
+    # of the adaptive curriculum (from half of the run) acts in the second epoch
+    train = runs[runs["tags.dvc_stage"] == "train_depth@binaural_attention"].iloc[0]
+    history = mlflow.MlflowClient().get_metric_history(train["run_id"], "loss_weight/l_smooth")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0.0, 0.1]
     shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "reports/depth/unet/metrics.json" in shown
 
@@ -96,9 +102,9 @@ def test_bad_param_fails_clearly_and_keeps_outputs(project):
 
 
 def test_tune_resumes_exports_and_applies(project):
-    out = run(["blab", "tune", "unet", "--n-trials", "2"], project).stdout
+    out = run(["blab", "tune", "depth", "unet", "--n-trials", "2"], project).stdout
     assert "study depth-unet: 2 trials" in out
-    out = run(["blab", "tune", "unet", "--n-trials", "3"], project).stdout  # resumes the same study
+    out = run(["blab", "tune", "depth", "unet", "--n-trials", "3"], project).stdout  # resumes the same study
     assert "study depth-unet: 3 trials" in out
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(project / "tuning" / "optuna.journal"))
@@ -112,14 +118,14 @@ def test_tune_resumes_exports_and_applies(project):
     assert len(parents) == 1 and len(children) == 3
     assert set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
     best = yaml.safe_load((project / "tuning/depth-unet/best_params.yaml").read_text())
-    run(["blab", "tune-apply", "unet"], project)
+    run(["blab", "tune-apply", "depth", "unet"], project)
     applied = yaml.safe_load((project / "params.yaml").read_text())["depth_models"]["unet"]
     assert applied["train"]["lr"] == pytest.approx(best["params"]["train.lr"])
     assert "#" in (project / "params.yaml").read_text()  # comments kept
 
 
 def test_two_workers_share_one_study_without_losing_or_duplicating_trials(project):
-    cmd = ["blab", "tune", "base_residual", "--n-trials", "4"]
+    cmd = ["blab", "tune", "depth", "base_residual", "--n-trials", "4"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BLAB_ROOT")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     workers = [
@@ -142,7 +148,16 @@ def test_two_workers_share_one_study_without_losing_or_duplicating_trials(projec
     )
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert sorted(children["tags.optuna_trial"].astype(int)) == sorted(t.number for t in trials)
-    assert runs["tags.mlflow.parentRunId"].isna().sum() == 1
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
+    assert set(children["status"]) == {"FINISHED"}  # pruned trials too: a pruned trial is no failure
+    assert set(children["tags.optuna_state"]) <= {"COMPLETE", "PRUNED"}
+    # every searched loss weight acted in at least half of each trial's epochs (read from MLflow)
+    client = mlflow.MlflowClient()
+    for run_id in children["run_id"]:
+        for term in ("l_base", "l_sparse"):
+            weights = [m.value for m in client.get_metric_history(run_id, f"loss_weight/{term}")]
+            assert weights and sum(w > 0 for w in weights) >= len(weights) / 2
 
 
 def test_evaluate_outside_predictions(project, tmp_path):

@@ -19,8 +19,9 @@ from binaural_lab.data.simulate import BinauralSceneConfig, EchoSceneConfig, syn
 from binaural_lab.data.simulate.acoustics import image_sources, room_impulse_response
 from binaural_lab.data.simulate.config import ChirpConfig
 from binaural_lab.data.simulate.echoes import chirp, depth_map, echo_arrivals, record_echoes
-from binaural_lab.data.simulate.geometry import PinholeCamera, Pose, Room, unit_vector
-from binaural_lab.data.simulate.heads import SphericalHead
+from binaural_lab.data.simulate.geometry import PinholeCamera, Pose, Room, cast_rays, unit_vector
+from binaural_lab.data.simulate.heads import Arrivals, SphericalHead
+from binaural_lab.data.simulate.imaging import render_frame
 from binaural_lab.data.simulate.layout import Sphere
 
 C = 343.0
@@ -158,54 +159,125 @@ def test_sphere_echo_arrives_from_its_nearest_point() -> None:
     assert arrivals.gain[0] == pytest.approx(0.5 / (2 * 2.5 * 3.0))
 
 
-def _reference_depth(room: np.ndarray, pose: Pose, camera: PinholeCamera, sphere: tuple) -> np.ndarray:
-    """Pixel-by-pixel depth: nearest positive hit of each pinhole ray on the 6 planes and the sphere."""
+def _pixel_angles(camera: PinholeCamera) -> np.ndarray:
+    """Angle ``[H, W]`` between each pixel's ray and the optical axis, from the pinhole model alone: the
+    pixel centres lie on a plane one focal length f = (W / 2) / tan(fov / 2) in front of the pinhole,
+    the principal point at the image centre. Symmetric under flips, so it assumes no axis direction."""
     focal = camera.width / 2 / math.tan(camera.fov / 2)
-    c, s = math.cos(pose.yaw), math.sin(pose.yaw)
-    centre, radius = sphere
-    depth = np.zeros((camera.height, camera.width))
-    for row in range(camera.height):
-        for col in range(camera.width):
-            fwd, left, up = focal, -(col + 0.5 - camera.width / 2), -(row + 0.5 - camera.height / 2)
-            ray = np.array([c * fwd - s * left, s * fwd + c * left, up])
-            ray /= np.linalg.norm(ray)
-            hits = []
-            for axis in range(3):
-                for plane in (0.0, room[axis]):
-                    if ray[axis] != 0:
-                        t = (plane - pose.position[axis]) / ray[axis]
-                        if t > 0:
-                            hits.append(t)
-            oc = pose.position - centre
-            b, q = float(ray @ oc), float(oc @ oc - radius**2)
-            if b * b - q >= 0 and -b - math.sqrt(b * b - q) > 0:
-                hits.append(-b - math.sqrt(b * b - q))
-            depth[row, col] = min(hits)
-    return depth
+    col = np.arange(camera.width) - (camera.width - 1) / 2
+    row = np.arange(camera.height) - (camera.height - 1) / 2
+    return np.arctan(np.hypot(col[None, :], row[:, None]) / focal)
 
 
+@pytest.mark.parametrize("kind", ["ray", "planar"])
 @pytest.mark.parametrize("yaw_deg", [0.0, 120.0])
-def test_depth_map_is_the_distance_along_each_ray(yaw_deg: float) -> None:
-    room = np.array([6.0, 5.0, 3.0])
+def test_depth_of_a_sphere_on_the_optical_axis_follows_from_its_geometry(kind: str, yaw_deg: float) -> None:
+    # A sphere of radius R centred d ahead is a disc of angular radius asin(R / d) about the image
+    # centre; a ray at angle theta to the axis meets it at t = d cos(theta) - sqrt(R^2 - d^2 sin^2(theta))
+    # (law of cosines), and its planar depth is t cos(theta).
+    distance, radius = 2.0, 0.5
+    room = Room(np.array([6.0, 5.0, 3.0]), np.full(6, 0.5))
     pose = Pose(np.array([2.5, 2.0, 1.5]), yaw=math.radians(yaw_deg))
     camera = PinholeCamera(math.radians(90.0), 33, 25)
-    centre = pose.position + 2.0 * pose.to_world(unit_vector(0.0, 0.0))  # 2 m straight ahead
-    sphere = Sphere(centre, 0.5, 0.0, 0.0, 2.0, np.array([16.0, 12.0]))
-    depth = depth_map(Room(room, np.full(6, 0.5)), pose, [sphere], camera, max_depth=100.0)
+    centre = pose.position + distance * pose.to_world(unit_vector(0.0, 0.0))
+    sphere = Sphere(centre, radius, 0.0, 0.0, distance, np.array([16.0, 12.0]))
+    depth = depth_map(room, pose, [sphere], camera, 100.0, kind)
     assert depth.dtype == np.float32 and depth.shape == (25, 33)
-    assert depth[12, 16] == pytest.approx(1.5, abs=1e-6)  # the odd-sized image's centre ray
-    np.testing.assert_allclose(depth, _reference_depth(room, pose, camera, (centre, 0.5)), atol=1e-5)
+    assert depth[12, 16] == pytest.approx(distance - radius, abs=1e-6)  # the odd-sized image's centre
+
+    theta = _pixel_angles(camera)
+    sin_rim = np.sin(theta) * distance / radius
+    inside, outside = sin_rim < 0.98, sin_rim > 1.02
+    assert inside.sum() > 50 and outside.sum() > 50
+    along = distance * np.cos(theta) - np.sqrt(np.maximum(radius**2 - (distance * np.sin(theta)) ** 2, 0.0))
+    expected = along * np.cos(theta) if kind == "planar" else along
+    np.testing.assert_allclose(depth[inside], expected[inside], atol=1e-5)
+    # Around the disc the rays pass the sphere and end on the room, farther than its nearest point.
+    assert (depth[outside] > distance - radius + 0.1).all()
+
+
+@pytest.mark.parametrize("size", [(201, 201), (64, 48)])
+@pytest.mark.parametrize("yaw_deg", [0.0, 90.0, 180.0, -90.0])
+def test_a_wall_facing_the_camera_has_one_planar_depth(size: tuple[int, int], yaw_deg: float) -> None:
+    # A cube of 10 m with the head 2 m from the wall it faces and 5 m from the others: a 90 degree view
+    # sees only that wall, at a planar depth of 2 m everywhere and a ray depth of 2 m / cos(theta).
+    room = Room(np.full(3, 10.0), np.full(6, 0.5))
+    forward = np.array([math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg)), 0.0])
+    pose = Pose(np.full(3, 5.0) + 3.0 * forward, yaw=math.radians(yaw_deg))
+    camera = PinholeCamera(math.radians(90.0), *size)
+    planar = depth_map(room, pose, [], camera, 100.0, "planar")
+    ray = depth_map(room, pose, [], camera, 100.0, "ray")
+    np.testing.assert_allclose(planar, 2.0, atol=1e-5)
+    np.testing.assert_allclose(ray, 2.0 / np.cos(_pixel_angles(camera)), rtol=1e-6)
+    if size[0] == size[1]:
+        # A corner pixel centre sits (W - 1) / 2 off both axes, at tan = (W - 1) / W of tan(45 deg).
+        ratio = math.sqrt(1 + 2 * (math.tan(math.radians(45.0)) * (size[0] - 1) / size[0]) ** 2)
+        corners = ray[[0, 0, -1, -1], [0, -1, 0, -1]] / planar[[0, 0, -1, -1], [0, -1, 0, -1]]
+        np.testing.assert_allclose(corners, ratio, rtol=1e-6)
+        assert corners == pytest.approx([math.sqrt(3)] * 4, rel=0.01)  # ~1.73
 
 
 def test_depth_beyond_max_depth_is_invalid() -> None:
-    room = Room(np.array([30.0, 4.0, 3.0]), np.full(6, 0.5))
-    pose = Pose(np.array([2.0, 2.0, 1.5]), yaw=0.0)
+    # The cut applies to the depth that is written: with planar depth, pixels on the side walls (5.5 m
+    # off the axis) just short of 10 m along the axis stay valid though their rays are longer than 10 m.
+    room = Room(np.array([30.0, 11.0, 11.0]), np.full(6, 0.5))
+    pose = Pose(np.array([2.0, 5.5, 5.5]), yaw=0.0)
     camera = PinholeCamera(math.radians(90.0), 32, 24)
-    full = depth_map(room, pose, [], camera, max_depth=1e9)
-    clipped = depth_map(room, pose, [], camera, max_depth=10.0)
-    far = full > 10.0
-    assert far.any() and (~far).any()
-    assert np.all(clipped[far] == 0) and np.array_equal(clipped[~far], full[~far])
+    full = {kind: depth_map(room, pose, [], camera, 1e9, kind) for kind in ("planar", "ray")}
+    for kind, depth in full.items():
+        clipped = depth_map(room, pose, [], camera, 10.0, kind)
+        far = depth > 10.0
+        assert far.any() and (~far).any()
+        assert np.all(clipped[far] == 0) and np.array_equal(clipped[~far], depth[~far])
+    planar_cut = depth_map(room, pose, [], camera, 10.0, "planar")
+    assert ((full["ray"] > 10.0) & (planar_cut > 0)).any()
+    with pytest.raises(ValueError, match="depth kind"):
+        depth_map(room, pose, [], camera, 10.0, "z")
+
+
+@pytest.mark.parametrize("azimuth_deg", [30.0, -30.0])
+def test_a_source_on_the_left_is_drawn_on_the_left_and_heard_first_and_louder_on_the_left(azimuth_deg: float) -> None:
+    # Positive azimuth is to the listener's left (geometry module); the source sits 15 degrees up.
+    room = Room(np.array([8.0, 7.0, 3.0]), np.full(6, 0.5))
+    pose = Pose(np.array([4.0, 3.5, 1.5]), yaw=2.0)
+    camera = PinholeCamera(math.radians(90.0), 48, 36)
+    local = 2.0 * unit_vector(math.radians(azimuth_deg), math.radians(15.0))
+    centre = pose.position + pose.to_world(local)
+    rays = pose.to_world(camera.rays())
+    frame = render_frame(cast_rays(pose.position, rays, room.size, centre[None], np.array([0.3])), rays, ["harmonic"])
+    red, green, blue = frame.astype(int).transpose(2, 0, 1)
+    drawn = (red > 2 * green) & (red > 2 * blue)  # the red "harmonic" sphere
+    rows, cols = np.nonzero(drawn)
+    assert len(cols) > 20
+    left = azimuth_deg > 0
+    assert (cols < camera.width / 2).all() == left and (cols >= camera.width / 2).all() == (not left)
+    assert (rows < camera.height / 2).all()  # up is up
+    assert (camera.project(local)[0] < camera.width / 2) == left
+
+    ears = room_impulse_response(room, centre, pose, SphericalHead(A), 0, SR, 1024)
+    assert (_itd_ms(ears) > 0.1) == left and (_itd_ms(ears) < -0.1) == (not left)  # > 0: left ear leads
+    energy = np.sum(ears**2, axis=1)
+    assert (energy[0] > 1.5 * energy[1]) == left and (energy[1] > 1.5 * energy[0]) == (not left)
+
+
+def _brown_duda_alpha(psi_deg: float) -> float:
+    """Brown & Duda (1998), eq. 3: high-frequency gain at angle psi from the ear's axis, with the
+    published alpha_min = 0.1 at theta_min = 150 degrees."""
+    return 1.05 + 0.95 * math.cos(math.radians(psi_deg) / math.radians(150.0) * math.pi)
+
+
+@pytest.mark.parametrize("psi_deg", [0.0, 45.0, 90.0, 150.0, 180.0])
+def test_head_shadow_gain_is_one_at_dc_and_alpha_at_high_frequency(psi_deg: float) -> None:
+    # One arrival in the horizontal plane at psi from the left ear's axis (+y), so 180 - psi from the
+    # right ear's. A rate of 100 MHz puts Nyquist at w a / (2 c) ~ 4e4: far above the corner.
+    direction = unit_vector(math.radians(90.0 - psi_deg), 0.0)[None]
+    arrival = Arrivals(direction, np.zeros(1), np.ones(1))
+    gain = np.abs(SphericalHead(A).spectrum(arrival, 100_000_000, 64))
+    np.testing.assert_allclose(gain[:, 0], 1.0, atol=1e-12)
+    expected = [_brown_duda_alpha(psi_deg), _brown_duda_alpha(180.0 - psi_deg)]
+    np.testing.assert_allclose(gain[:, -1], expected, rtol=1e-4)
+    if psi_deg == 0.0:  # on the ear's axis a rigid sphere doubles the pressure at high frequency: +6 dB
+        assert 20 * math.log10(gain[0, -1]) == pytest.approx(6.02, abs=0.01)
 
 
 def _tiny_binaural(**overrides: object) -> BinauralSceneConfig:
@@ -244,11 +316,11 @@ BINAURAL_COLUMNS = {
     "sample_id", "room_id", "room_x_m", "room_y_m", "room_z_m", "absorption_x0", "absorption_ceiling",
     "listener_x_m", "listener_y_m", "listener_z_m", "listener_yaw_deg", "n_sources", "azimuth_deg",
     "elevation_deg", "distance_m", "pixel_x", "pixel_y", "source_class", "sources", "binaural_path",
-    "mono_path", "frame_path", "depth_path",
+    "mono_path", "frame_path", "depth_path", "depth_kind",
 }  # fmt: skip
 ECHO_COLUMNS = {
     "sample_id", "room_id", "sample_rate", "room_x_m", "room_y_m", "room_z_m", "listener_x_m",
-    "listener_y_m", "listener_z_m", "listener_yaw_deg", "n_objects", "audio_path", "depth_path",
+    "listener_y_m", "listener_z_m", "listener_yaw_deg", "n_objects", "audio_path", "depth_path", "depth_kind",
 }  # fmt: skip
 
 
@@ -280,6 +352,7 @@ def test_binaural_dataset_is_deterministic_and_complete(tmp_path: Path) -> None:
     assert len(sources) == row["n_sources"] and sources[0]["class"] == row["source_class"]
     assert sources[0]["azimuth_deg"] == pytest.approx(row["azimuth_deg"])
     assert abs(row["azimuth_deg"]) <= 45.0 - 5.0
+    assert set(one["depth_kind"]) == {"ray"}
 
 
 def test_binaural_frame_shows_the_source_where_it_projects(tmp_path: Path) -> None:
@@ -303,6 +376,8 @@ def test_echo_dataset_is_deterministic_and_complete(tmp_path: Path) -> None:
     assert sr == 44100 and echoes.shape == (math.ceil(2 * 10.0 / C * 44100), 2)
     assert np.abs(echoes).max() > 0
     assert np.load(tmp_path / "one" / one.iloc[0]["depth_path"]).shape == (8, 8)
+    assert set(one["depth_kind"]) == {"planar"}  # the default, as Batvision's and Habitat's cameras
+    pd.testing.assert_frame_equal(one, pd.read_parquet(tmp_path / "one" / "scenes.parquet"))
 
 
 def test_failed_run_leaves_the_previous_output_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,6 +424,8 @@ def test_invalid_echo_config_names_the_key(tmp_path: Path) -> None:
         parse(EchoSceneConfig, {"sample_rate": 16000}, "simulate_echoes")
     with pytest.raises(ParamError, match="simulate_echoes.emitter_directivity"):
         parse(EchoSceneConfig, {"emitter_directivity": 0.8}, "simulate_echoes")
+    with pytest.raises(ParamError, match=r"simulate_echoes.depth_kind: 'z' is not one of \['planar', 'ray'\]"):
+        parse(EchoSceneConfig, {"depth_kind": "z"}, "simulate_echoes")
     with pytest.raises(ParamError, match="workers"):
         synthesize_echoes(_tiny_echoes(), tmp_path / "out", seed=0, workers=0)
 

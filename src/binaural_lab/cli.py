@@ -8,16 +8,14 @@ from pathlib import Path
 import typer
 
 from binaural_lab.config import ParamError, load_yaml, parse
-from binaural_lab.paths import atomic_path, features_dir, project_root, report_dir, store_root, write_json
+from binaural_lab.paths import atomic_path, project_root, report_dir, store_root, write_json
 from binaural_lab.stage import entry, load_params, section
 
 app = typer.Typer(help="binaural-lab: reproducible binaural audio research.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Named configurations under pipelines/.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score predictions made outside the pipeline.", no_args_is_help=True)
-compare_app = typer.Typer(help="Regenerate comparison reports from the stage metrics.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(evaluate_app, name="evaluate")
-app.add_typer(compare_app, name="compare")
 
 
 def _pipelines() -> dict[str, Path]:
@@ -46,55 +44,62 @@ def pipeline_use(name: str) -> None:
     typer.echo(f"params.yaml <- pipelines/{name}.yaml; run `dvc repro` (or `dvc status` to see what changed)")
 
 
-def _tune_setup(model: str):
-    from binaural_lab.tuning import TuneConfig
-
-    params = load_params()
-    cfg = parse(TuneConfig, section(params, "tune"), "tune")
-    if model not in cfg.spaces:
-        raise ParamError(f"tune.spaces: no search space for {model!r}; declared: {sorted(cfg.spaces)}")
-    return params, cfg, cfg.spaces[model]
-
-
-def _best_file(model: str) -> Path:
-    return store_root() / "tuning" / f"depth-{model}" / "best_params.yaml"
+def _best_file(family: str, model: str) -> Path:
+    return store_root() / "tuning" / f"{family}-{model}" / "best_params.yaml"
 
 
 @app.command()
 @entry
 def tune(
-    model: str = typer.Argument(..., help="depth model: unet, base_residual or binaural_attention"),
+    family: str = typer.Argument(..., help="model family: depth"),
+    model: str = typer.Argument(..., help="model of the family, e.g. unet, base_residual, binaural_attention"),
     n_trials: int = typer.Option(None, help="finished trials the study should hold (default tune.n_trials)"),
     storage: str = typer.Option(None, help="journal file or database URL (default tune.storage)"),
 ) -> None:
-    """Run (or resume) the Optuna study for MODEL and export its best parameters."""
-    from binaural_lab import depth
-    from binaural_lab.tuning import export_best, run_study
+    """Run (or resume) the Optuna study for FAMILY MODEL and export its best parameters."""
+    from binaural_lab.family import check_searched_terms_active, direction, get_family, make_objective
+    from binaural_lab.tuning import TuneConfig, export_best, run_study
 
-    params, cfg, space = _tune_setup(model)
+    fam = get_family(family)
+    params = load_params()
+    cfg = parse(TuneConfig, section(params, "tune"), "tune")
     if storage:
         cfg.storage = storage
-    block = section(params, f"depth_models.{model}")
-    max_depth = float(section(params, "synthesize_echoes.max_depth_m"))
-    objective = depth.make_objective(model, block, features_dir("echoes"), max_depth, cfg)
-    study = run_study(f"depth-{model}", "depth", space, objective, cfg, n_trials=n_trials)
-    best = export_best(study, f"depth_models.{model}", _best_file(model))
+    space = cfg.spaces.get(family, {}).get(model)
+    if space is None:
+        declared = {f: sorted(m) for f, m in cfg.spaces.items()}
+        raise ParamError(f"tune.spaces.{family}.{model}: no search space declared; declared: {declared}")
+    if family not in cfg.metric:
+        raise ParamError(f"tune.metric.{family}: name the validation metric the {family} studies optimise")
+    metric = cfg.metric[family]
+    block = section(params, f"{fam.registry.params_key}.{model}")
+    p = fam.registry.params(model, block)
+    epochs = cfg.epochs or p.train.epochs
+    check_searched_terms_active(fam.registry, model, block, space, epochs, fam.loss_context(params))
+    objective = make_objective(fam, params, model, block, cfg, metric)
+    name = f"{family}-{model}"
+    study = run_study(
+        name, family, space, objective, cfg, metric, direction(metric, fam.higher_is_better), n_trials=n_trials
+    )
+    best = export_best(study, fam.registry.where(model), _best_file(family, model))
     states = [t.state.name for t in study.trials]
     typer.echo(
-        f"study depth-{model}: {len(states)} trials ({states.count('COMPLETE')} complete, "
-        f"{states.count('PRUNED')} pruned); best val_{cfg.metric} = {best['value']:.4f} "
+        f"study {name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
+        f"{states.count('PRUNED')} pruned); best val_{metric} = {best['value']:.4f} "
         f"(trial {best['trial']}): {best['params']}"
     )
-    typer.echo(f"exported to {_best_file(model)}; `blab tune-apply {model}` writes it into params.yaml")
+    typer.echo(
+        f"exported to {_best_file(family, model)}; `blab tune-apply {family} {model}` writes it into params.yaml"
+    )
 
 
 @app.command("tune-apply")
 @entry
-def tune_apply(model: str) -> None:
-    """Write the study's exported best parameters for MODEL into params.yaml (comments kept)."""
+def tune_apply(family: str, model: str) -> None:
+    """Write the study's exported best parameters for FAMILY MODEL into params.yaml (comments kept)."""
     from binaural_lab.tuning import apply_best
 
-    best = apply_best(_best_file(model), project_root() / "params.yaml")
+    best = apply_best(_best_file(family, model), project_root() / "params.yaml")
     typer.echo(f"params.yaml: {best['target']} <- {best['params']} (val {best['value']:.4f})")
 
 
@@ -104,28 +109,31 @@ def evaluate_depth(
     pred_dir: Path = typer.Option(..., help="directory of predicted depth maps, one .npy per sample (metres)"),
     gt_dir: Path = typer.Option(..., help="directory of ground-truth depth maps with the same file names"),
     max_depth: float = typer.Option(..., help="maximum depth in metres (Batvision V1 12, V2 30)"),
+    depth_kind: str = typer.Option("planar", help="planar (along the optical axis) or ray (along each ray)"),
     json_out: Path = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
 ) -> None:
     """Score outside depth predictions with the REFERENCE metrics."""
     from binaural_lab import depth
+    from binaural_lab.data.datasets import DatasetConfig
 
     if max_depth <= 0:
         raise ParamError(f"--max-depth: expected a positive number of metres, got {max_depth}")
+    data = parse(DatasetConfig, {"name": "outside", "max_depth_m": max_depth, "depth_kind": depth_kind}, "options")
     metrics = depth.score_prediction_dir(pred_dir, gt_dir, max_depth)
-    report = {"convention": depth.METRIC_CONVENTION, "max_depth": max_depth, **metrics}
+    report = {"convention": depth.convention(data), "depth_kind": depth_kind, "max_depth": max_depth, **metrics}
     if json_out:
         write_json(json_out, report)
     typer.echo(json.dumps(report, indent=2))
 
 
-@compare_app.command("depth")
+@app.command()
 @entry
-def compare_depth() -> None:
-    """Regenerate reports/depth/compare.md and .json from the evaluated models."""
-    from binaural_lab import depth
+def compare(family: str = typer.Argument(..., help="model family: depth")) -> None:
+    """Regenerate reports/FAMILY/compare.md and .json from the evaluated models."""
+    from binaural_lab.family import get_family, write_comparison
 
-    depth.write_comparison(report_dir("depth"))
-    typer.echo((report_dir("depth") / "compare.md").read_text())
+    write_comparison(report_dir(family), get_family(family).comparison)
+    typer.echo((report_dir(family) / "compare.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
-"""Depth from binaural echoes: the pieces every depth stage and study shares.
+"""The depth-from-echoes family: its registry, task, evaluation, baseline and figures.
 
-A depth model is a name from :data:`binaural_lab.models.DEPTH_MODELS` plus a params block
-``depth_models.<name>`` with ``model``, ``loss`` and ``train`` sections. :func:`train_depth_model`
-fits it with the one training loop, :func:`predict_split` and :func:`score` evaluate it on a split
-with the REFERENCE depth metrics, and :func:`training_mean_depth` is the per-pixel training-mean
-predictor that every model is compared with. Whole splits are read in chunks, so memory does not
-grow with the dataset.
+A depth model is a name of :data:`REGISTRY` plus a params block ``depth_models.<name>`` with
+``model``, ``loss`` and ``train`` sections; it reads the dataset in ``datasets.echoes``. The generic
+stages call :data:`FAMILY`: ``train`` fits a model with the one training loop, ``evaluate`` scores it
+on the test split with the REFERENCE depth metrics, ``baseline`` scores the per-pixel training-mean
+predictor that every model is compared with. Whole splits are read and scored in chunks, so memory
+does not grow with the dataset.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +21,77 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from binaural_lab import plots
-from binaural_lab.config import ParamError, UserError, param, parse, to_dict
+from binaural_lab.config import UserError, to_dict
+from binaural_lab.data.datasets import DatasetConfig, dataset
 from binaural_lab.data.shards import ShardDataset, open_split
-from binaural_lab.losses import build_depth_loss
-from binaural_lab.metrics.depth import DepthMetricAccumulator
-from binaural_lab.models import (
-    BinauralAttentionDepth,
-    build_depth_model,
-    check_depth_model_memory,
+from binaural_lab.family import (
+    ComparisonSpec,
+    ModelEntry,
+    ModelParams,
+    Registry,
+    chunks,
     count_parameters,
+    load_model_file,
+    loss_weight_metrics,
+    score_in_chunks,
+    write_metrics,
 )
-from binaural_lab.paths import atomic_path, write_json, write_text
-from binaural_lab.training import TrainConfig, Trainer, TrainResult
-from binaural_lab.training.loop import EpochCallback, seed_everything
-from binaural_lab.tuning import Objective, TuneConfig, set_dotted
+from binaural_lab.losses.depth import (
+    AttentionDepthLoss,
+    AttentionDepthLossConfig,
+    BaseResidualLoss,
+    BaseResidualLossConfig,
+    L1DepthLoss,
+    L1DepthLossConfig,
+)
+from binaural_lab.metrics.depth import DepthMetricAccumulator
+from binaural_lab.models.base_residual import BaseResidualConfig, BaseResidualDepth
+from binaural_lab.models.binaural_attention import (
+    BinauralAttentionConfig,
+    BinauralAttentionDepth,
+    check_attention_memory,
+)
+from binaural_lab.models.depth_unet import UNetConfig, UNetDepth
+from binaural_lab.paths import hash_files
+from binaural_lab.stage import section
+from binaural_lab.training import Trainer, TrainResult
+from binaural_lab.training.loop import EpochCallback, pick_device, seed_everything
+
+REGISTRY = Registry(
+    "depth",
+    {
+        "unet": ModelEntry(UNetConfig, UNetDepth, L1DepthLossConfig, L1DepthLoss),
+        "base_residual": ModelEntry(BaseResidualConfig, BaseResidualDepth, BaseResidualLossConfig, BaseResidualLoss),
+        "binaural_attention": ModelEntry(
+            BinauralAttentionConfig,
+            BinauralAttentionDepth,
+            AttentionDepthLossConfig,
+            AttentionDepthLoss,
+            memory_check=check_attention_memory,
+        ),
+    },
+)
 
 METRIC_CONVENTION = (
     "Batvision / Beyond-Image-to-Depth: per image, metres, pixels with gt > 0 only, then mean over images"
 )
+HIGHER_IS_BETTER = frozenset({"delta1", "delta2", "delta3"})
+COMPARISON = ComparisonSpec(
+    title="Depth from binaural echoes: test split",
+    metrics=("rmse", "abs_rel", "mae", "log10", "delta1", "delta2", "delta3"),
+    key="rmse",
+    baseline="mean",
+    higher_is_better=HIGHER_IS_BETTER,
+)
+
+
+def convention(data: DatasetConfig) -> str:
+    """The metric convention of a depth dataset, naming its depth kind."""
+    return f"{METRIC_CONVENTION}; {data.depth_kind} depth (max {data.max_depth_m:g} m)"
 
 
 class PredictionError(UserError, ValueError):
     """Outside predictions that cannot be scored (wrong shape, NaN)."""
-
-
-@dataclass
-class DepthModelParams:
-    """One ``depth_models.<name>`` block of params.yaml."""
-
-    model: dict[str, Any] = param({})
-    loss: dict[str, Any] = param({})
-    train: TrainConfig = field(default_factory=TrainConfig)
-    figure_every: int = param(0, ge=0, doc="epochs between validation figures during training; 0 = none")
-
-
-CHUNK = 256
-
-
-def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, float64 copy) of consecutive CHUNK-sized slices of a memory-mapped array."""
-    for start in range(0, len(array), CHUNK):
-        yield start, np.asarray(array[start : start + CHUNK], dtype=np.float64)
 
 
 @dataclass
@@ -75,8 +103,10 @@ class InputStats:
 
     @classmethod
     def measure(cls, split_dir: Path) -> InputStats:
+        spec = open_split(split_dir)["spec"]
         total, sq, count = 0.0, 0.0, 0
-        for _, chunk in _chunks(open_split(split_dir)["spec"]):
+        for rows in chunks(len(spec)):
+            chunk = np.asarray(spec[rows], dtype=np.float64)
             total, sq, count = total + chunk.sum(), sq + (chunk**2).sum(), count + chunk.size
         mean = total / count
         return cls(mean=float(mean), std=float(max(np.sqrt(sq / count - mean**2), 1e-6)))
@@ -114,37 +144,33 @@ class DepthTask:
         return acc.compute()
 
 
-def parse_model_params(name: str, block: Mapping[str, Any] | None) -> DepthModelParams:
-    return parse(DepthModelParams, block, f"depth_models.{name}")
-
-
-def build(name: str, p: DepthModelParams, input_size: int, max_depth: float) -> tuple[nn.Module, Any]:
-    """The network and its loss, from a params block."""
-    model = build_depth_model(name, p.model, input_size, max_depth, where=f"depth_models.{name}.model")
-    loss_fn = build_depth_loss(name, p.loss, max_depth, where=f"depth_models.{name}.loss")
+def build(name: str, p: ModelParams, input_size: int, max_depth: float) -> tuple[nn.Module, Any]:
+    """The network and its loss (for a run of ``p.train.epochs``), from a params block."""
+    model = REGISTRY.build_model(name, p.model, input_size=input_size, max_depth=max_depth)
+    loss_fn = REGISTRY.build_loss(name, p.loss, p.train.epochs, max_depth=max_depth)
     return model, loss_fn
 
 
 def train_depth_model(
     name: str,
-    p: DepthModelParams,
+    p: ModelParams,
     features_dir: Path,
     max_depth: float,
     ckpt_dir: Path,
     on_epoch_end: EpochCallback | None = None,
     figure_dir: Path | None = None,
-    n_examples: int = 4,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train ``name`` on ``features_dir/train`` (validating on ``val``); returns the result and its card.
 
     The card holds everything needed to rebuild the model for inference: name, params, input size,
-    max depth, input statistics. Every ``p.figure_every`` epochs, example figures of the validation
-    split go to ``figure_dir`` (``epochNNN_examples.png``).
+    max depth, input statistics. The metrics handed to ``on_epoch_end`` include the weight of every
+    loss term in force (``loss_weight/<key>``). Every ``p.figure_every`` epochs, example figures of
+    the validation split go to ``figure_dir`` (``epochNNN_examples.png``).
     """
     train_dir, val_dir = features_dir / "train", features_dir / "val"
     train_set, val_set = depth_dataset(train_dir), depth_dataset(val_dir)
     input_size = int(open_split(train_dir)["spec"].shape[-1])
-    check_depth_model_memory(name, p.model, input_size, p.train.batch_size, f"depth_models.{name}.model")
+    REGISTRY.check_memory(name, p.model, p.train.batch_size, input_size=input_size)
     stats = InputStats.measure(train_dir)
     seed_everything(p.train.seed)  # the initial weights depend on the seed alone
     model, loss_fn = build(name, p, input_size, max_depth)
@@ -160,44 +186,37 @@ def train_depth_model(
 
     def epoch_end(epoch: int, train_m: dict[str, float], val_m: dict[str, float], net: nn.Module) -> None:
         if on_epoch_end is not None:
-            on_epoch_end(epoch, train_m, val_m, net)
+            on_epoch_end(epoch, {**train_m, **loss_weight_metrics(loss_fn, epoch)}, val_m, net)
         if figure_dir is not None and p.figure_every and (epoch + 1) % p.figure_every == 0:
-            save_figures(net, task, val_dir, figure_dir, n_examples, stem=f"epoch{epoch + 1:03d}_")
+            save_figures(net, task, val_dir, figure_dir, p.figure_examples, stem=f"epoch{epoch + 1:03d}_")
 
-    trainer = Trainer(p.train, ckpt_dir, fingerprint={"card": card, "data": _data_stamp(features_dir)})
+    # resume only what was written for the same model, the same feature bytes and the same code
+    fingerprint = {"card": card, "data": hash_files([train_dir, val_dir])}
+    trainer = Trainer(p.train, ckpt_dir, fingerprint=fingerprint)
     result = trainer.fit(model, train_set, val_set, task, epoch_end)
     return result, card
 
 
-def _data_stamp(features_dir: Path) -> str:
-    """What identifies the feature shards, for checkpoint compatibility."""
-    metas = sorted(features_dir.glob("*/meta.json"))
-    return json.dumps([m.read_text() for m in metas])
-
-
-def save_model(path: Path, model: nn.Module, card: Mapping[str, Any], history: list[dict[str, float]]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"card": dict(card), "state_dict": model.state_dict(), "history": history}, tmp)
-
-
-def load_model(path: Path) -> tuple[nn.Module, DepthTask, dict[str, Any]]:
-    """Rebuild a trained model (eval mode) and its task from ``model.pt``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: trained model not found; run the train_depth stage first")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+def load_model(path: Path, device: torch.device | None = None) -> tuple[nn.Module, DepthTask, dict[str, Any]]:
+    """Rebuild a trained model (eval mode, on ``device``) and its task from ``model.pt``."""
+    blob = load_model_file(path)
     card = blob["card"]
-    p = parse_model_params(card["name"], card["params"])
+    p = REGISTRY.params(card["name"], card["params"])
     model, loss_fn = build(card["name"], p, card["input_size"], card["max_depth"])
     model.load_state_dict(blob["state_dict"])
-    model.eval()
+    model.to(device or torch.device("cpu")).eval()
     return model, DepthTask(loss_fn, InputStats(**card["stats"]), card["max_depth"]), card
 
 
 @torch.no_grad()
-def predict_split(model: nn.Module, task: DepthTask, split_dir: Path, batch_size: int = 32) -> np.ndarray:
-    """Predicted depth maps [N, S, S] for a whole split (float32, metres)."""
-    loader = DataLoader(depth_dataset(split_dir), batch_size=batch_size, shuffle=False)
-    return np.concatenate([task.predict(model, b).numpy() for b in loader]).astype(np.float32)
+def predict_rows(model: nn.Module, task: DepthTask, spec: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Predicted depth maps [N, S, S] (float32, metres) for echo spectrograms [N, 2, S, S], on the model's device."""
+    device = next(model.parameters()).device
+    out = []
+    for rows in chunks(len(spec), batch_size):
+        batch = {"spec": torch.from_numpy(np.asarray(spec[rows])).to(device)}
+        out.append(task.predict(model, batch).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
 
 
 def training_mean_depth(train_dir: Path) -> np.ndarray:
@@ -205,37 +224,12 @@ def training_mean_depth(train_dir: Path) -> np.ndarray:
     depth = open_split(train_dir)["depth"]
     total = np.zeros(depth.shape[1:], dtype=np.float64)
     count = np.zeros(depth.shape[1:], dtype=np.int64)
-    for _, chunk in _chunks(depth):
+    for rows in chunks(len(depth)):
+        chunk = np.asarray(depth[rows], dtype=np.float64)
         valid = chunk > 0
         total += np.where(valid, chunk, 0).sum(0)
         count += valid.sum(0)
     return (total / np.maximum(count, 1)).astype(np.float32)
-
-
-def score(pred: np.ndarray, split_dir: Path) -> dict[str, float]:
-    """REFERENCE depth metrics of ``pred`` [N, S, S] (or one map broadcast to all) against a split."""
-    gt = open_split(split_dir)["depth"]
-    acc = DepthMetricAccumulator()
-    for start, g in _chunks(gt):
-        p = np.broadcast_to(pred, gt.shape)[start : start + CHUNK] if pred.ndim == 2 else pred[start : start + CHUNK]
-        acc.update(np.ascontiguousarray(p), g)
-    return acc.compute()
-
-
-def write_metrics(
-    out_dir: Path, model: str, metrics: Mapping[str, float], n_parameters: int, train_seconds: float
-) -> Path:
-    """``out_dir/metrics.json``: the test metrics of one model, named with their convention."""
-    report = {
-        "model": model,
-        "split": "test",
-        "convention": METRIC_CONVENTION,
-        **metrics,
-        "n_parameters": n_parameters,
-        "train_seconds": round(train_seconds, 2),
-    }
-    write_json(out_dir / "metrics.json", report)
-    return out_dir / "metrics.json"
 
 
 def example_indices(n: int, n_examples: int) -> np.ndarray:
@@ -243,65 +237,78 @@ def example_indices(n: int, n_examples: int) -> np.ndarray:
     return np.linspace(0, n - 1, min(n_examples, n)).astype(int)
 
 
-COMPARE_METRICS = ("rmse", "abs_rel", "mae", "log10", "delta1", "delta2", "delta3")
+class DepthFamily:
+    """The depth family as the generic stages and ``blab tune`` see it."""
 
+    registry = REGISTRY
+    dataset_slot = "echoes"
+    higher_is_better = HIGHER_IS_BETTER
+    comparison = COMPARISON
 
-def write_comparison(reports: Path) -> list[dict[str, Any]]:
-    """Gather ``reports/*/metrics.json`` into ``compare.json`` and ``compare.md`` (mean predictor first)."""
-    rows = []
-    for f in sorted(reports.glob("*/metrics.json")):
-        data = json.loads(f.read_text())
-        rows.append(
-            {"model": data["model"], **{k: data[k] for k in (*COMPARE_METRICS, "n_parameters", "train_seconds")}}
+    def train(
+        self,
+        params: Mapping[str, Any],
+        name: str,
+        p: ModelParams,
+        ckpt_dir: Path,
+        on_epoch_end: EpochCallback | None,
+        figure_dir: Path | None,
+    ) -> tuple[TrainResult, dict[str, Any]]:
+        data = dataset(params, self.dataset_slot)
+        return train_depth_model(name, p, data.features, data.max_depth_m, ckpt_dir, on_epoch_end, figure_dir)
+
+    def loss_context(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"max_depth": dataset(params, self.dataset_slot).max_depth_m}
+
+    def evaluate(self, params: Mapping[str, Any], name: str, model_file: Path, out_dir: Path) -> dict[str, Any]:
+        """Test metrics, ``metrics.json`` and figures of a trained model; returns the metrics and files."""
+        data = dataset(params, self.dataset_slot)
+        test_dir = data.features / "test"
+        model, task, card = load_model(model_file, pick_device("auto"))
+        shards = open_split(test_dir)
+        metrics = score_in_chunks(
+            DepthMetricAccumulator(), shards["depth"], lambda rows: predict_rows(model, task, shards["spec"][rows])
         )
-    if not rows:
-        raise FileNotFoundError(f"{reports}: no */metrics.json to compare; run the depth stages first")
-    rows.sort(key=lambda r: (r["model"] != "mean", r["rmse"]))
-    mean_rmse = next((r["rmse"] for r in rows if r["model"] == "mean"), None)
-    for r in rows:
-        r["rmse_vs_mean_pct"] = round(100 * (r["rmse"] / mean_rmse - 1), 1) if mean_rmse else None
-    header = ["model", *COMPARE_METRICS, "RMSE vs mean", "parameters", "train s"]
-    lines = [
-        "# Depth from binaural echoes: test split",
-        "",
-        f"Metric convention: {METRIC_CONVENTION}. Lower is better except delta1..3.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for r in rows:
-        cells = [r["model"], *(f"{r[k]:.4f}" for k in COMPARE_METRICS)]
-        cells += [
-            f"{r['rmse_vs_mean_pct']:+.1f} %" if r["rmse_vs_mean_pct"] is not None else "",
-            f"{r['n_parameters']:,}",
-            f"{r['train_seconds']:.0f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    write_json(reports / "compare.json", {"convention": METRIC_CONVENTION, "rows": rows})
-    write_text(reports / "compare.md", "\n".join(lines) + "\n")
-    return rows
+        report = write_metrics(
+            out_dir,
+            name,
+            metrics,
+            split="test",
+            convention=convention(data),
+            depth_kind=data.depth_kind,
+            n_parameters=card["n_parameters"],
+            train_seconds=card["train_seconds"],
+        )
+        n_examples = int(section(params, "evaluate.n_examples"))
+        figures = save_figures(model, task, test_dir, out_dir / "figures", n_examples)
+        return {"metrics": metrics, "files": [report, *figures]}
+
+    def baseline(self, params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+        """The per-pixel training-mean predictor on the test split."""
+        data = dataset(params, self.dataset_slot)
+        mean_map = training_mean_depth(data.features / "train")
+        shards = open_split(data.features / "test")
+        gt = shards["depth"]
+        metrics = score_in_chunks(DepthMetricAccumulator(), gt, lambda rows: np.broadcast_to(mean_map, gt[rows].shape))
+        report = write_metrics(
+            out_dir,
+            "mean",
+            metrics,
+            split="test",
+            convention=convention(data),
+            depth_kind=data.depth_kind,
+            n_parameters=0,
+            train_seconds=0.0,
+        )
+        pick = example_indices(len(gt), int(section(params, "evaluate.n_examples")))
+        figure = out_dir / "figures" / "examples.png"
+        gt_pick = np.asarray(gt[pick])
+        preds = {"training mean": np.broadcast_to(mean_map, gt_pick.shape)}
+        plots.depth_examples(figure, np.asarray(shards["spec"][pick]), gt_pick, preds, data.max_depth_m)
+        return {"metrics": metrics, "files": [report, figure]}
 
 
-def make_objective(name: str, block: Mapping[str, Any], feats: Path, max_depth: float, cfg: TuneConfig) -> Objective:
-    """Optuna objective for model ``name``: train with the trial's values, return the final val metric."""
-    key = f"val_{cfg.metric}"
-
-    def objective(values: dict[str, Any], report: Any) -> float:
-        trial_block = set_dotted(block, values, f"depth_models.{name}")
-        if cfg.epochs is not None:
-            trial_block.setdefault("train", {})["epochs"] = cfg.epochs
-        p = parse_model_params(name, trial_block)
-
-        def on_epoch(epoch: int, train_m: dict[str, float], val_m: dict[str, float], model: nn.Module) -> None:
-            if key not in val_m:
-                raise ParamError(f"tune.metric: {cfg.metric!r} is not a validation metric; have {sorted(val_m)}")
-            report(epoch, val_m[key], {**train_m, **val_m})
-
-        with tempfile.TemporaryDirectory(prefix="blab-trial-") as ckpt:
-            result, _ = train_depth_model(name, p, feats, max_depth, Path(ckpt), on_epoch_end=on_epoch)
-        return float(result.history[-1][key])
-
-    return objective
+FAMILY = DepthFamily()
 
 
 def score_prediction_dir(pred_dir: Path, gt_dir: Path, max_depth: float) -> dict[str, float]:
@@ -338,18 +345,18 @@ ATTENTION_QUERIES = np.array([[0.25, 0.25], [0.5, 0.5], [0.75, 0.75]])  # (row, 
 @torch.no_grad()
 def figure_outputs(model: nn.Module, task: DepthTask, shards: Mapping[str, np.ndarray], pick: np.ndarray) -> dict:
     """What the figures show beyond the prediction: base and residual maps, attention of a few queries."""
-    batch = {"spec": torch.from_numpy(np.asarray(shards["spec"][pick]))}
+    batch = {"spec": torch.from_numpy(np.asarray(shards["spec"][pick])).to(next(model.parameters()).device)}
     wants_attention = isinstance(model, BinauralAttentionDepth)
     out = model(task.inputs(batch), return_attention=True) if wants_attention else model(task.inputs(batch))
     extras: dict[str, Any] = {}
     if "base" in out:
-        extras["maps"] = {k: out[k].squeeze(1).numpy() for k in ("base", "residual")}
+        extras["maps"] = {k: out[k].squeeze(1).float().cpu().numpy() for k in ("base", "residual")}
     if wants_attention and out["attention"]:
         maps = {}
         for level, attn in out["attention"].items():
             side = int(round(attn.shape[-1] ** 0.5))
             rows = (ATTENTION_QUERIES * side).astype(int).clip(0, side - 1)
-            maps[level] = attn[0, rows[:, 0] * side + rows[:, 1]].reshape(-1, side, side).numpy()
+            maps[level] = attn[0, rows[:, 0] * side + rows[:, 1]].reshape(-1, side, side).float().cpu().numpy()
         extras["attention"] = (maps, ATTENTION_QUERIES)
     return extras
 
@@ -367,9 +374,7 @@ def save_figures(
     pick = example_indices(len(shards["depth"]), n_examples)
     was_training = model.training
     model.eval()
-    batch = {"spec": torch.from_numpy(np.asarray(shards["spec"][pick]))}
-    with torch.no_grad():
-        pred = task.predict(model, batch).numpy()
+    pred = predict_rows(model, task, shards["spec"][pick])
     extras = figure_outputs(model, task, shards, pick)
     spec = np.asarray(shards["spec"][pick])
     written = [out_dir / f"{stem}examples.png"]

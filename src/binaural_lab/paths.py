@@ -60,6 +60,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp.rmdir()  # the caller creates a file or a directory at this path
     try:
         yield tmp
+        _fsync(tmp)
         if target.is_dir() and not target.is_symlink():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -68,6 +69,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -75,8 +77,31 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file, or every file below a directory, to disk before the rename publishes it."""
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def hash_files(paths: list[Path], pattern: str = "*") -> str:
-    """A short sha256 of files (or of the files matching ``pattern`` below a directory), in path order."""
+    """A short sha256 of files (or of the files matching ``pattern`` below a directory), in path order.
+
+    Each file's name and bytes are hashed; the bytes are read in 1 MiB chunks, so large shards do not
+    have to fit in memory."""
     digest = hashlib.sha256()
     files: list[Path] = []
     for p in map(Path, paths):
@@ -84,7 +109,9 @@ def hash_files(paths: list[Path], pattern: str = "*") -> str:
     for f in files:
         if f.exists():
             digest.update(f.name.encode())
-            digest.update(f.read_bytes())
+            with f.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
@@ -100,20 +127,17 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-# The embedded synthetic datasets; a real dataset adapter adds its own name here.
-DATASETS = {"binaural": "synthetic-binaural", "echoes": "synthetic-echoes"}
+def raw_dir(dataset: str) -> Path:
+    """``data/raw/<dataset>``: the downloaded or synthesized files of a dataset (named in params)."""
+    return project_root() / "data" / "raw" / dataset
 
 
-def raw_dir(kind: str) -> Path:
-    return project_root() / "data" / "raw" / DATASETS[kind]
+def prepared_dir(dataset: str) -> Path:
+    return project_root() / "data" / "prepared" / dataset
 
 
-def prepared_dir(kind: str) -> Path:
-    return project_root() / "data" / "prepared" / DATASETS[kind]
-
-
-def features_dir(kind: str) -> Path:
-    return project_root() / "data" / "features" / DATASETS[kind]
+def features_dir(dataset: str) -> Path:
+    return project_root() / "data" / "features" / dataset
 
 
 def model_dir(family: str, name: str) -> Path:

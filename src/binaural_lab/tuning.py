@@ -53,6 +53,13 @@ class SearchDim:
         if self.log and self.low <= 0:
             raise ParamError(f"{where}.low: a log-scaled range must be positive, got {self.low}")
 
+    def extremes(self) -> list[Any]:
+        """The values at the ends of the range (every choice of a categorical dimension)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(name, self.choices)
@@ -76,15 +83,17 @@ class TuneConfig:
     timeout_s: float | None = param(None, gt=0)
     sampler: str = param("tpe", choices=("tpe", "random"))
     epochs: int | None = param(None, ge=1, doc="epochs per trial; None keeps the model's own")
-    metric: str = param("rmse", doc="validation metric to optimise")
-    direction: str = param("minimize", choices=("minimize", "maximize"))
+    metric: dict[str, str] = param({}, doc="family -> validation metric to optimise (its direction follows)")
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    spaces: dict[str, dict[str, SearchDim]] = param({}, doc="model -> dotted key of its params block -> range")
+    spaces: dict[str, dict[str, dict[str, SearchDim]]] = param(
+        {}, doc="family -> model -> dotted key of its params block -> range"
+    )
 
     def validate(self, where: str) -> None:
-        for model, space in self.spaces.items():
-            if not space:
-                raise ParamError(f"{where}.spaces.{model}: declare at least one dotted key and its range")
+        for family, models in self.spaces.items():
+            for model, space in models.items():
+                if not space:
+                    raise ParamError(f"{where}.spaces.{family}.{model}: declare at least one dotted key and its range")
 
 
 def set_dotted(block: Mapping[str, Any], values: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -124,7 +133,7 @@ def _host_lock(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_study(name: str, cfg: TuneConfig) -> optuna.Study:
+def open_study(name: str, cfg: TuneConfig, direction: str) -> optuna.Study:
     sampler = (
         # unseeded on purpose: workers sharing a study must not propose the same points
         optuna.samplers.TPESampler(n_startup_trials=max(2, cfg.pruner.n_startup_trials))
@@ -138,7 +147,7 @@ def open_study(name: str, cfg: TuneConfig) -> optuna.Study:
         return optuna.create_study(
             storage=storage_for(cfg.storage),
             study_name=name,
-            direction=cfg.direction,
+            direction=direction,
             sampler=sampler,
             pruner=pruner,
             load_if_exists=True,
@@ -167,16 +176,24 @@ def run_study(
     space: Mapping[str, SearchDim],
     objective: Objective,
     cfg: TuneConfig,
+    metric: str,
+    direction: str,
     n_trials: int | None = None,
 ) -> optuna.Study:
-    """Run (or resume) study ``name`` until it holds ``n_trials`` finished trials over all workers."""
+    """Run (or resume) study ``name`` until it holds ``n_trials`` finished trials over all workers.
+
+    A pruned trial is a normal outcome: its nested MLflow run ends FINISHED with the tag
+    ``optuna_state=PRUNED``, and the parent run stays FINISHED. Only a trial that raised an error
+    ends its runs FAILED.
+    """
     target = n_trials or cfg.n_trials
-    study = open_study(name, cfg)
-    parent = _parent_run(study, family, {"study": name, "metric": cfg.metric, "n_trials": target})
+    study = open_study(name, cfg, direction)
+    parent = _parent_run(study, family, {"study": name, "metric": metric, "direction": direction, "n_trials": target})
     mlflow.set_tracking_uri(tracking.tracking_uri())
 
     def trial_fn(trial: optuna.Trial) -> float:
         values = {key: dim.suggest(trial, key) for key, dim in space.items()}
+        pruned: optuna.TrialPruned | None = None
         with (
             mlflow.start_run(run_id=parent),
             tracking.stage_run(
@@ -188,16 +205,23 @@ def run_study(
             def report(epoch: int, value: float, metrics: dict[str, float]) -> None:
                 tracking.log_metrics(metrics, step=epoch + 1)
                 if not math.isfinite(value):
-                    raise optuna.TrialPruned(f"{cfg.metric} is {value} at epoch {epoch + 1}")
+                    raise optuna.TrialPruned(f"{metric} is {value} at epoch {epoch + 1}")
                 trial.report(value, epoch)
                 if trial.should_prune():
-                    mlflow.set_tag("optuna_state", "PRUNED")
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} with {cfg.metric}={value:.4g}")
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} with {metric}={value:.4g}")
 
-            value = objective(values, report)
-            mlflow.set_tag("optuna_state", "COMPLETE")
-            tracking.log_metrics({f"final_{cfg.metric}": value})
-            return value
+            try:
+                value = objective(values, report)
+            except optuna.TrialPruned as exc:
+                # leave both runs through their normal exit, so neither is marked FAILED
+                mlflow.set_tag("optuna_state", "PRUNED")
+                pruned = exc
+            else:
+                mlflow.set_tag("optuna_state", "COMPLETE")
+                tracking.log_metrics({f"final_{metric}": value})
+        if pruned is not None:
+            raise pruned
+        return value
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))

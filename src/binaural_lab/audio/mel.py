@@ -80,7 +80,7 @@ def mel_spectrogram(audio: Tensor, cfg: MelConfig) -> Tensor:
         raise ValueError(f"audio of {flat.shape[-1]} samples is too short for reflect padding of {pad}")
     padded = F.pad(flat, (pad, pad), mode="reflect").squeeze(1)
     spec = torch.view_as_real(complex_stft(padded, cfg.n_fft, cfg.hop, cfg.win, center=False))
-    mag = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
+    mag = torch.sqrt(spec[..., 0].pow(2) + spec[..., 1].pow(2) + 1e-9)  # re^2 + im^2, no strided reduction
     mel = torch.matmul(mel_basis(cfg, mag.device, mag.dtype), mag)
     logmel = torch.log(torch.clamp(mel, min=cfg.clamp_min))
     return logmel.reshape(*audio.shape[:-1], *logmel.shape[-2:])

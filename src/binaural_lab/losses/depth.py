@@ -1,8 +1,14 @@
 """Depth losses and their curricula, one loss object per depth-model family.
 
-A loss is called as ``loss_fn(outputs, target, epoch) -> (total, parts)``: ``outputs`` is the
-model's dict, ``target`` is ``[B, 1, S, S]`` in metres with 0 at invalid pixels, ``epoch`` counts
-from 0, ``parts`` holds each unweighted term and the weights in force as floats for logging.
+A loss is built for a run of ``epochs`` epochs and called as ``loss_fn(outputs, target, epoch) ->
+(total, parts)``: ``outputs`` is the model's dict, ``target`` is ``[B, 1, S, S]`` in metres with 0 at
+invalid pixels, ``epoch`` counts from 0, ``parts`` holds each unweighted term as a float.
+``loss_fn.weights(epoch)`` gives the weight in force for each term, keyed by the name of the params
+key that sets it (``l_edge``, ``l_smooth``, ...), so a run logs them as ``loss_weight/<key>`` and a
+study can check that every searched weight acts.
+
+Curricula are expressed as fractions of the run, never as absolute epochs: a 6-epoch tuning trial
+goes through the same phases as the 15-epoch training it stands for.
 
 Conventions shared by every loss:
 - valid pixels are ``target > 0``; a pixel that is not valid never reaches a term, so the
@@ -15,6 +21,7 @@ Conventions shared by every loss:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +31,11 @@ from torch import Tensor
 from binaural_lab.config import ParamError, param
 
 CURRICULA = ("none", "adaptive")
+
+
+def phase_start(fraction: float, epochs: int) -> int:
+    """First epoch (from 0) of a curriculum phase that starts ``fraction`` of the way into the run."""
+    return math.floor(fraction * epochs + 1e-9)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -108,9 +120,12 @@ class L1DepthLossConfig:
 class L1DepthLoss:
     """UNet baseline: L1 between predicted and target depth on valid pixels."""
 
-    def __init__(self, cfg: L1DepthLossConfig, max_depth: float):
+    def __init__(self, cfg: L1DepthLossConfig, max_depth: float, epochs: int):
         self.cfg = cfg
         self.scale = 1.0 / max_depth if cfg.normalize_depth else 1.0
+
+    def weights(self, epoch: int) -> dict[str, float]:
+        return {"l1": 1.0}
 
     def __call__(self, outputs: dict[str, Tensor], target: Tensor, epoch: int) -> tuple[Tensor, dict[str, float]]:
         pred, gt, mask = _prepare(outputs["depth"], target, self.scale)
@@ -128,7 +143,7 @@ class BaseResidualLossConfig:
     )
     lowpass_kernel: int = param(8, ge=1, doc="average-pool kernel K of the low-pass")
     curriculum: str = param("none", choices=CURRICULA, doc="adaptive: move weight from base to recon")
-    warmup_epochs: int = param(10, ge=1, doc="epochs over which the adaptive weights move")
+    warmup_fraction: float = param(0.4, gt=0, le=1, doc="fraction of the run over which the adaptive weights move")
     frequency_aware: bool = param(False, doc="match base to the FFT low band of gt, residual to the high band")
     cutoff: float = param(0.25, gt=0, lt=1, doc="frequency-aware band split, as a fraction of Nyquist")
 
@@ -148,24 +163,26 @@ class BaseResidualLoss:
     filled with the image's mean valid depth, :func:`frequency_split` gives ``low`` and ``high``,
     and ``R = L1(residual, high)``. Every term is averaged over valid pixels only.
 
-    Curriculum ``none``: weights ``(l_recon, l_base, l_sparse)``. ``adaptive``: with
-    ``t = min(epoch / warmup_epochs, 1)`` the reconstruction and base weights swap linearly,
-    ``w_recon = l_base + (l_recon - l_base) * t`` and ``w_base = l_recon + (l_base - l_recon) * t``
-    (defaults: 0.5 / 1.0 at epoch 0, 0.75 / 0.75 halfway, 1.0 / 0.5 from the end of the warm-up);
-    ``w_residual = l_sparse`` throughout.
+    Curriculum ``none``: weights ``(l_recon, l_base, l_sparse)``. ``adaptive``: over the first
+    ``W = max(1, round(warmup_fraction * epochs))`` epochs, with ``t = min(epoch / W, 1)``, the
+    reconstruction and base weights swap linearly, ``w_recon = l_base + (l_recon - l_base) * t`` and
+    ``w_base = l_recon + (l_base - l_recon) * t`` (defaults: 0.5 / 1.0 at epoch 0, 0.75 / 0.75
+    halfway, 1.0 / 0.5 from the end of the warm-up); ``w_residual = l_sparse`` throughout. No term is
+    ever switched off.
     """
 
-    def __init__(self, cfg: BaseResidualLossConfig, max_depth: float):
+    def __init__(self, cfg: BaseResidualLossConfig, max_depth: float, epochs: int):
         self.cfg = cfg
         self.scale = 1.0 / max_depth if cfg.normalize_depth else 1.0
+        self.warmup = max(1, round(cfg.warmup_fraction * epochs))
 
     def weights(self, epoch: int) -> dict[str, float]:
         c = self.cfg
         recon, base = c.l_recon, c.l_base
         if c.curriculum == "adaptive":
-            t = min(epoch / c.warmup_epochs, 1.0)
+            t = min(epoch / self.warmup, 1.0)
             recon, base = c.l_base + (c.l_recon - c.l_base) * t, c.l_recon + (c.l_base - c.l_recon) * t
-        return {"recon": recon, "base": base, "residual": c.l_sparse}
+        return {"l_recon": recon, "l_base": base, "l_sparse": c.l_sparse}
 
     def __call__(self, outputs: dict[str, Tensor], target: Tensor, epoch: int) -> tuple[Tensor, dict[str, float]]:
         depth, gt, mask = _prepare(outputs["depth"], target, self.scale)
@@ -183,8 +200,8 @@ class BaseResidualLoss:
             "residual": masked_mean(residual_err, mask),
         }
         w = self.weights(epoch)
-        total = w["recon"] * terms["recon"] + w["base"] * terms["base"] + w["residual"] * terms["residual"]
-        return total, {**{k: v.item() for k, v in terms.items()}, **{f"w_{k}": v for k, v in w.items()}}
+        total = w["l_recon"] * terms["recon"] + w["l_base"] * terms["base"] + w["l_sparse"] * terms["residual"]
+        return total, {k: v.item() for k, v in terms.items()}
 
 
 @dataclass
@@ -193,14 +210,14 @@ class AttentionDepthLossConfig:
     l_edge: float = param(0.2, ge=0, doc="weight of the L1 between Sobel gradient magnitudes")
     l_smooth: float = param(0.1, ge=0, doc="weight of the edge-aware smoothness term")
     curriculum: str = param("none", choices=CURRICULA, doc="adaptive: switch edge, then smoothness on")
-    edge_from_epoch: int = param(20, ge=0, doc="adaptive: first epoch (from 0) with the edge term")
-    smooth_from_epoch: int = param(60, ge=0, doc="adaptive: first epoch (from 0) with the smoothness term")
+    edge_from: float = param(0.25, ge=0, lt=1, doc="adaptive: fraction of the run before the edge term acts")
+    smooth_from: float = param(0.5, ge=0, lt=1, doc="adaptive: fraction of the run before smoothness acts")
 
     def validate(self, where: str) -> None:
-        if self.smooth_from_epoch < self.edge_from_epoch:
+        if self.smooth_from < self.edge_from:
             raise ParamError(
-                f"{where}.smooth_from_epoch: {self.smooth_from_epoch} is before edge_from_epoch "
-                f"{self.edge_from_epoch}; the curriculum adds the edge term first"
+                f"{where}.smooth_from: {self.smooth_from} is before edge_from {self.edge_from}; "
+                "the curriculum adds the edge term first"
             )
 
 
@@ -208,20 +225,23 @@ class AttentionDepthLoss:
     """``L1 + w_edge * edge_term + w_smooth * smoothness_term`` on valid pixels.
 
     Curriculum ``none``: weights ``(l_edge, l_smooth)`` from the start. ``adaptive``:
-    reconstruction only before ``edge_from_epoch``, then the edge term, then from
-    ``smooth_from_epoch`` the smoothness term too (weights jump from 0 to their value).
+    reconstruction only before epoch ``floor(edge_from * epochs)``, then the edge term, then from
+    epoch ``floor(smooth_from * epochs)`` the smoothness term too (weights jump from 0 to their value).
     """
 
-    def __init__(self, cfg: AttentionDepthLossConfig, max_depth: float):
+    def __init__(self, cfg: AttentionDepthLossConfig, max_depth: float, epochs: int):
         self.cfg = cfg
         self.scale = 1.0 / max_depth if cfg.normalize_depth else 1.0
+        adaptive = cfg.curriculum == "adaptive"
+        self.edge_start = phase_start(cfg.edge_from, epochs) if adaptive else 0
+        self.smooth_start = phase_start(cfg.smooth_from, epochs) if adaptive else 0
 
     def weights(self, epoch: int) -> dict[str, float]:
         c = self.cfg
-        adaptive = c.curriculum == "adaptive"
         return {
-            "edge": c.l_edge if not adaptive or epoch >= c.edge_from_epoch else 0.0,
-            "smooth": c.l_smooth if not adaptive or epoch >= c.smooth_from_epoch else 0.0,
+            "l1": 1.0,
+            "l_edge": c.l_edge if epoch >= self.edge_start else 0.0,
+            "l_smooth": c.l_smooth if epoch >= self.smooth_start else 0.0,
         }
 
     def __call__(self, outputs: dict[str, Tensor], target: Tensor, epoch: int) -> tuple[Tensor, dict[str, float]]:
@@ -232,5 +252,5 @@ class AttentionDepthLoss:
             "smooth": smoothness_term(pred, gt, mask),
         }
         w = self.weights(epoch)
-        total = terms["l1"] + w["edge"] * terms["edge"] + w["smooth"] * terms["smooth"]
-        return total, {**{k: v.item() for k, v in terms.items()}, **{f"w_{k}": v for k, v in w.items()}}
+        total = terms["l1"] + w["l_edge"] * terms["edge"] + w["l_smooth"] * terms["smooth"]
+        return total, {k: v.item() for k, v in terms.items()}

@@ -9,7 +9,8 @@ mix is (L + R) / 2. The frame and the depth map are ray-cast from the head centr
 pinhole camera; sources are drawn as spheres with class-specific colours and textures.
 
 Files, relative to the output directory: ``binaural/<id>.wav`` (2 channels), ``mono/<id>.wav``,
-``frames/<id>.png`` (uint8 RGB), ``depth/<id>.npy`` (float32 metres along each ray).
+``frames/<id>.png`` (uint8 RGB), ``depth/<id>.npy`` (float32 metres along each ray; every metadata
+row names this ``depth_kind``, ``ray``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def render_binaural_scene(cfg: BinauralSceneConfig, seed: int, out_dir: Path, ta
         "source_class": kinds[0],
         **sphere_record(spheres[0]),
         "sources": json.dumps(sources),
+        "depth_kind": "ray",
         **paths,
     }
 

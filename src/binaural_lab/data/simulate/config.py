@@ -12,6 +12,7 @@ from binaural_lab.config import ParamError, param
 
 SOURCE_CLASSES = ("harmonic", "plucked", "percussive", "voice")
 HEAD_MODELS = ("spherical", "sofa")
+DEPTH_KINDS = ("planar", "ray")
 SPEED_OF_SOUND = 343.0
 HOP = 256
 
@@ -176,6 +177,10 @@ class EchoSceneConfig:
 
     The emitter sits at the head centre with a first-order directivity ``(1 - k) + k cos(theta)``
     about the view direction (``k = emitter_directivity``: 0 omnidirectional, 0.5 cardioid).
+
+    ``depth_kind`` says what a depth pixel holds: ``planar``, the distance along the optical axis (z),
+    as Batvision's stereo camera and Habitat's depth sensor (Replica, Matterport3D) give it, or
+    ``ray``, the distance along the pixel's ray. ``max_depth_m`` cuts the kind that is written.
     """
 
     sample_rate: int = param(44100, ge=8000, le=192000)
@@ -183,6 +188,9 @@ class EchoSceneConfig:
     positions_per_room: int = param(6, ge=1, le=1000)
     max_depth_m: float = param(10.0, gt=0.5, le=100.0, doc="echoes are recorded for 2 * max_depth / c")
     emitter_directivity: float = param(0.5, ge=0.0, le=0.5, doc="0 omni, 0.5 cardioid")
+    depth_kind: str = param(
+        "planar", choices=DEPTH_KINDS, doc="planar: distance along the optical axis (z); ray: along each ray"
+    )
     chirp: ChirpConfig = field(default_factory=ChirpConfig)
     room: RoomConfig = field(default_factory=RoomConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)

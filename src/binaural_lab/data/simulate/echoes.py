@@ -15,11 +15,20 @@ of what the camera sees dominate). What the ears record is the chirp convolved w
 The direct emitter-to-ear path is excluded (as if gated out), so the signal holds echoes only; the
 audio is not normalised (the chirp has unit amplitude, gains are physical). Spheres do not occlude
 room reflections and sphere-wall paths are ignored. Echoes are recorded for ``2 * max_depth / c``
-seconds; the ground-truth depth map is ray-cast against exactly the six room surfaces and the spheres,
-and pixels farther than ``max_depth`` are set to 0 (invalid) because their echoes were not recorded.
+seconds; the ground-truth depth map is ray-cast against exactly the six room surfaces and the spheres.
+
+Depth kind (``depth_kind``): ``planar`` (the default) writes the distance along the optical axis (the
+head's x, "z" in camera terms), ``ray * cos(angle to the axis)``, which is what Batvision's stereo
+camera and Habitat's depth sensor (Replica, Matterport3D) give; ``ray`` writes the distance along
+each pixel's ray. They agree at the image centre; at the corner of a 90 degree square view ray is
+sqrt(3) ~ 1.73 times planar. Pixels whose depth, of the kind written, exceeds ``max_depth`` are set
+to 0 (invalid), as a depth camera's range limit applies to the depth it reports. With planar depth a
+valid pixel off the axis can therefore lie up to ``max_depth / cos(angle)`` away along its ray, so
+its echo may arrive after the recording ends (only near the corners, for surfaces near max_depth).
 
 Files, relative to the output directory: ``echoes/<id>.wav`` (2 channels, float) and
-``depth/<id>.npy`` (float32 metres along each ray, 0 = invalid).
+``depth/<id>.npy`` (float32 metres of the configured kind, 0 = invalid). Every metadata row names
+its ``depth_kind``.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from scipy.signal.windows import tukey
 
 from binaural_lab.audio.io import write_audio
 from binaural_lab.data.simulate.acoustics import arrivals_from, image_sources, impulse_response
-from binaural_lab.data.simulate.config import SPEED_OF_SOUND, ChirpConfig, EchoSceneConfig
+from binaural_lab.data.simulate.config import DEPTH_KINDS, SPEED_OF_SOUND, ChirpConfig, EchoSceneConfig
 from binaural_lab.data.simulate.geometry import PinholeCamera, Pose, Room, cast_rays, unit_vector
 from binaural_lab.data.simulate.heads import Arrivals, HeadModel, make_head
 from binaural_lab.data.simulate.layout import Sphere, SphereRanges, draw_room, place_spheres, room_rows
@@ -93,11 +102,19 @@ def record_echoes(
     return fftconvolve(probe[None], ir, axes=-1)[:, :n_samples]
 
 
-def depth_map(room: Room, pose: Pose, spheres: list[Sphere], camera: PinholeCamera, max_depth: float) -> np.ndarray:
-    """Float32 depth along each camera ray; 0 where the first surface is beyond ``max_depth``."""
+def depth_map(
+    room: Room, pose: Pose, spheres: list[Sphere], camera: PinholeCamera, max_depth: float, kind: str
+) -> np.ndarray:
+    """Float32 depth of the first surface seen through each pixel, ``kind`` ``planar`` (along the
+    optical axis) or ``ray`` (along the pixel's ray); 0 where that depth exceeds ``max_depth``."""
+    if kind not in DEPTH_KINDS:
+        raise ValueError(f"depth kind {kind!r} is not one of {list(DEPTH_KINDS)}")
     centres = np.array([s.centre for s in spheres]).reshape(-1, 3)
     radii = np.array([s.radius for s in spheres])
-    depth = cast_rays(pose.position, pose.to_world(camera.rays()), room.size, centres, radii).depth
+    rays = camera.rays()
+    depth = cast_rays(pose.position, pose.to_world(rays), room.size, centres, radii).depth
+    if kind == "planar":
+        depth = depth * rays[..., 0]  # the ray's unit vector along the optical axis (head x): cos(angle)
     return np.where(depth > max_depth, 0.0, depth).astype(np.float32)
 
 
@@ -121,7 +138,7 @@ def render_echo_sample(cfg: EchoSceneConfig, seed: int, out_dir: Path, task: Tas
     arrivals = echo_arrivals(room, pose, spheres, reflection, cfg.emitter_directivity, cfg.room.max_order)
     head = make_head(cfg.head)
     echoes = record_echoes(arrivals, head, chirp(cfg.chirp, cfg.sample_rate), cfg.sample_rate, cfg.num_samples)
-    depth = depth_map(room, pose, spheres, camera, cfg.max_depth_m)
+    depth = depth_map(room, pose, spheres, camera, cfg.max_depth_m, cfg.depth_kind)
 
     name = sample_id("p", room_id, index, cfg.n_rooms, cfg.positions_per_room)
     paths = {"audio_path": f"echoes/{name}.wav", "depth_path": f"depth/{name}.npy"}
@@ -144,6 +161,7 @@ def render_echo_sample(cfg: EchoSceneConfig, seed: int, out_dir: Path, task: Tas
         "sample_rate": cfg.sample_rate,
         "num_samples": cfg.num_samples,
         "max_depth_m": cfg.max_depth_m,
+        "depth_kind": cfg.depth_kind,
         **room_rows(room, pose),
         "n_objects": count,
         "objects": json.dumps(objects),

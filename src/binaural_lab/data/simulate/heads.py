@@ -12,10 +12,24 @@ one-pole/one-zero head-shadow filter of Brown & Duda (1998)::
     alpha(psi) = (1 + amin/2) + (1 - amin/2) cos(psi / psi_min * pi),  amin = 0.1, psi_min = 150 deg
 
 ``sofa``: a measured HRTF read from a SOFA file (HDF5 / netCDF-4): ``Data.IR [M, 2, N]``,
-``Data.SamplingRate`` and ``SourcePosition [M, 3]`` (azimuth and elevation in degrees, azimuth
-positive to the left as in our head frame, or cartesian when its ``Type`` attribute says so). Each
-arrival uses the HRIR of the nearest measured direction (largest cosine), resampled to the scene
-rate; the HRIR carries the ear delays itself, the arrival keeps its path delay and 1/r gain.
+``Data.SamplingRate``, ``SourcePosition [M, 3]`` (azimuth and elevation in degrees, azimuth
+positive to the left as in our head frame, or cartesian when its ``Type`` attribute says so) and,
+optionally, ``Data.Delay`` (``[1, 2]`` for all measurements or ``[M, 2]`` for each, in samples at
+``Data.SamplingRate``; zero when absent). Each arrival uses the HRIR of the nearest measured
+direction (largest cosine), resampled to the scene rate, and keeps its path delay and 1/r gain.
+
+Per SOFA, ear r of measurement m is ``Data.IR[m, r]`` delayed by ``Data.Delay[m, r]``: files that
+store minimum-phase HRIRs keep their ITD there, so it is applied (as an exact, possibly fractional,
+phase term). A measured response also starts with a bulk delay (loudspeaker distance, converter
+latency) that is no part of the head. It is removed so that, as for the spherical head, delays are
+relative to the head centre: the common onset is the mean over the two ears of the onset of the
+measurement nearest to straight ahead (a frontal wave reaches both ears when it reaches the head
+centre), where an onset is ``Data.Delay`` plus the first sample at which ``|IR|`` reaches
+:data:`ONSET_THRESHOLD` of its peak. One constant is removed from every measurement and ear, so each
+direction's interaural time difference is kept, and an echo from straight ahead arrives at 2d/c. The
+near ear of a lateral source then leads the head centre (a negative delay, exact in the frequency
+domain). The samples before an onset now come before the path delay; for a path shorter than the
+removed bulk they would fall before time 0 and are dropped, and they are below the onset threshold.
 """
 
 from __future__ import annotations
@@ -40,6 +54,8 @@ FFT_PAD = 1024
 EAR_AXES = np.array([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
 ALPHA_MIN = 0.1
 PSI_MIN = math.radians(150.0)
+# An HRIR's onset: the first sample whose magnitude reaches this fraction of its peak (-20 dB).
+ONSET_THRESHOLD = 0.1
 
 
 class SofaFileError(AudioFileError):
@@ -132,13 +148,21 @@ class SphericalHead:
 
 
 class SofaHead:
-    """Measured HRTF: the nearest measured direction's HRIR for every arrival."""
+    """Measured HRTF: the nearest measured direction's HRIR for every arrival, with its ear delays."""
 
-    def __init__(self, path: Path, hrir: np.ndarray, sample_rate: int, directions: np.ndarray) -> None:
+    def __init__(
+        self, path: Path, hrir: np.ndarray, sample_rate: int, directions: np.ndarray, delay: np.ndarray
+    ) -> None:
         self.path = path
         self.hrir = hrir
         self.sample_rate = sample_rate
         self.directions = directions
+        front = self.nearest(unit_vector(0.0, 0.0)[None])[0]
+        magnitude = np.abs(hrir[front])
+        first = np.argmax(magnitude >= ONSET_THRESHOLD * magnitude.max(axis=-1, keepdims=True), axis=-1)
+        common = float(np.mean(delay[front] + first))
+        # Seconds by which ear r of measurement m is delayed relative to the head centre.
+        self.ear_delay = (delay - common) / sample_rate
         self._spectra: dict[tuple[int, int], np.ndarray] = {}
 
     def nearest(self, direction: np.ndarray) -> np.ndarray:
@@ -153,12 +177,15 @@ class SofaHead:
             if sample_rate != self.sample_rate:
                 ratio = Fraction(sample_rate, self.sample_rate)
                 hrir = resample_poly(hrir, ratio.numerator, ratio.denominator, axis=-1)
-            if hrir.shape[-1] > FFT_PAD:
+            lag = max(0, math.ceil(float(self.ear_delay.max()) * sample_rate))
+            if hrir.shape[-1] + lag > FFT_PAD:
                 raise SofaFileError(
-                    f"{self.path}: HRIRs of {hrir.shape[-1]} samples at {sample_rate} Hz are longer than "
-                    f"the {FFT_PAD} supported"
+                    f"{self.path}: HRIRs of {hrir.shape[-1]} samples delayed by up to {lag} at {sample_rate} Hz "
+                    f"are longer than the {FFT_PAD} supported"
                 )
-            self._spectra[key] = np.fft.rfft(hrir, n_fft, axis=-1).astype(np.complex64)
+            freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+            shift = np.exp(-2j * np.pi * self.ear_delay[..., None] * freqs)
+            self._spectra[key] = (np.fft.rfft(hrir, n_fft, axis=-1) * shift).astype(np.complex64)
         return self._spectra[key]
 
     def spectrum(self, arrivals: Arrivals, sample_rate: int, n_fft: int) -> np.ndarray:
@@ -171,8 +198,8 @@ class SofaHead:
         return np.einsum("uef,fu->ef", hrtf[used], per_direction)
 
 
-def _read_sofa(path: Path) -> tuple[np.ndarray, int, np.ndarray]:
-    """HRIRs ``[M, 2, N]``, their rate and unit directions ``[M, 3]`` from a SOFA file."""
+def _read_sofa(path: Path) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """HRIRs ``[M, 2, N]``, their rate, unit directions ``[M, 3]`` and delays ``[M, 2]`` (samples)."""
     try:
         import h5py
     except ImportError as exc:
@@ -186,6 +213,7 @@ def _read_sofa(path: Path) -> tuple[np.ndarray, int, np.ndarray]:
             rate = float(np.ravel(f["Data.SamplingRate"])[0])
             positions = np.asarray(f["SourcePosition"], dtype=np.float64)
             kind = f["SourcePosition"].attrs.get("Type", b"spherical")
+            delay = np.asarray(f["Data.Delay"], dtype=np.float64) if "Data.Delay" in f else np.zeros((1, 2))
     except OSError as exc:
         raise SofaFileError(f"{path}: not a readable SOFA (HDF5) file ({exc})") from exc
     kind = kind.decode() if isinstance(kind, bytes) else str(kind)
@@ -195,6 +223,10 @@ def _read_sofa(path: Path) -> tuple[np.ndarray, int, np.ndarray]:
         raise SofaFileError(f"{path}: SourcePosition must be [{hrir.shape[0]}, 3], got {list(positions.shape)}")
     if rate <= 0 or rate != round(rate) or not np.isfinite(hrir).all():
         raise SofaFileError(f"{path}: invalid sampling rate {rate} or non-finite HRIRs")
+    if delay.shape not in ((1, 2), (hrir.shape[0], 2)) or not np.isfinite(delay).all():
+        raise SofaFileError(
+            f"{path}: Data.Delay must be finite, [1, 2] or [{hrir.shape[0]}, 2], got {list(delay.shape)}"
+        )
     if kind.lower() == "cartesian":
         directions = positions
     else:
@@ -202,7 +234,7 @@ def _read_sofa(path: Path) -> tuple[np.ndarray, int, np.ndarray]:
     norms = np.linalg.norm(directions, axis=1, keepdims=True)
     if (norms == 0).any():
         raise SofaFileError(f"{path}: SourcePosition holds a zero direction")
-    return hrir, int(rate), directions / norms
+    return hrir, int(rate), directions / norms, np.broadcast_to(delay, (hrir.shape[0], 2)).copy()
 
 
 @functools.lru_cache(maxsize=4)
