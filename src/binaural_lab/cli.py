@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from binaural_lab.config import ParamError, load_yaml, parse
-from binaural_lab.paths import atomic_path, project_root, report_dir, store_root, write_json
+from binaural_lab.paths import atomic_path, project_root, report_dir, store_root, write_json, write_text
 from binaural_lab.stage import entry, load_params, section
 
 app = typer.Typer(help="binaural-lab: reproducible binaural audio research.", no_args_is_help=True)
@@ -124,6 +126,39 @@ def evaluate_depth(
     if json_out:
         write_json(json_out, report)
     typer.echo(json.dumps(report, indent=2))
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as strings ("inf"): strict JSON has no infinity, and the SNR
+    of an exact copy is infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+@evaluate_app.command("binaural")
+@entry
+def evaluate_binaural(
+    pred_dir: Path = typer.Option(..., help="directory of predicted stereo WAV files (any sample rate)"),
+    gt_dir: Path = typer.Option(..., help="directory of ground-truth stereo WAV files with the same names"),
+    convention: str = typer.Option(..., help="gao (2.5D Visual Sound, 16 kHz) or diffbinaural (22.05 kHz)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
+    normalize: bool = typer.Option(
+        None, "--normalize/--no-normalize", help="peak normalisation (default: on for gao, off for diffbinaural)"
+    ),
+) -> None:
+    """Score outside binaural predictions with the REFERENCE metrics of one convention."""
+    from binaural_lab.metrics.binaural import score_dirs
+
+    report = score_dirs(pred_dir, gt_dir, convention, normalize)
+    text = json.dumps(_strict_json(report), indent=2)
+    if json_out:
+        write_text(json_out, text + "\n")
+    typer.echo(text)
 
 
 @app.command()
