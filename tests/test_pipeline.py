@@ -213,3 +213,28 @@ def test_evaluate_outside_predictions(project, tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "prediction(s) missing" in proc.stderr and "2.npy" in proc.stderr
+
+
+def test_resume_survives_an_edit_outside_the_training_code_but_not_one_to_the_model(project):
+    """The stage run from the project's own source: an edit to cli.py keeps the checkpoint resumable,
+    an edit to the model's code starts over and moves the old last.pt aside."""
+    env = {**os.environ, "PYTHONPATH": str(project / "src")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ckpt = project / "models/depth/unet"
+    cli, model_code = project / "src/binaural_lab/cli.py", project / "src/binaural_lab/models/depth_unet.py"
+    originals = {p: p.read_text() for p in (cli, model_code)}
+    train = [sys.executable, "stages/train.py", "depth", "unet"]
+    try:
+        cli.write_text(originals[cli] + "\n# an edit outside models/, losses/ and training/\n")
+        out = subprocess.run(train, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "nothing left to train" in out.stdout + out.stderr and "moved" not in out.stdout + out.stderr
+        assert not list(ckpt.glob("last.*.pt"))
+        model_code.write_text(originals[model_code] + "\n# an edit to the model's code\n")
+        out = subprocess.run(train, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "moved it to" in out.stdout + out.stderr
+        assert len(list(ckpt.glob("last.*.pt"))) == 1 and (ckpt / "last.pt").is_file()
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)

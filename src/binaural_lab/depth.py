@@ -52,9 +52,8 @@ from binaural_lab.models.binaural_attention import (
     check_attention_memory,
 )
 from binaural_lab.models.depth_unet import UNetConfig, UNetDepth
-from binaural_lab.paths import hash_files
 from binaural_lab.stage import section
-from binaural_lab.training import Trainer, TrainResult
+from binaural_lab.training import Trainer, TrainResult, content_hash
 from binaural_lab.training.loop import EpochCallback, pick_device, seed_everything
 
 REGISTRY = Registry(
@@ -191,7 +190,7 @@ def train_depth_model(
             save_figures(net, task, val_dir, figure_dir, p.figure_examples, stem=f"epoch{epoch + 1:03d}_")
 
     # resume only what was written for the same model, the same feature bytes and the same code
-    fingerprint = {"card": card, "data": hash_files([train_dir, val_dir])}
+    fingerprint = {"card": card, "data": content_hash([train_dir, val_dir])}
     trainer = Trainer(p.train, ckpt_dir, fingerprint=fingerprint)
     result = trainer.fit(model, train_set, val_set, task, epoch_end)
     return result, card
