@@ -4,6 +4,7 @@ import time
 
 import typer
 
+import binaural_lab.cpu_pins  # noqa: F401  (before numpy and torch load: same bytes on every AVX2 CPU)
 from binaural_lab import tracking
 from binaural_lab.config import ParamError, to_dict
 from binaural_lab.data import simulate
