@@ -43,9 +43,13 @@ def test_a_pruned_last_trial_leaves_the_parent_run_finished(mlflow_store, tmp_pa
             report(epoch, value, {"val_rmse": value})
         return value
 
-    study = run_study("depth-toy", "depth", SPACE, objective, _config(tmp_path), "rmse", "minimize", n_trials=3)
+    study = run_study(
+        "depth-toy", "depth", SPACE, objective, _config(tmp_path), "rmse", "minimize", n_trials=3, prune_from=1
+    )
     states = [t.state for t in study.trials]
     assert states[-1] == optuna.trial.TrialState.PRUNED and states.count(optuna.trial.TrialState.COMPLETE) == 2
+    # not pruned at epoch 0 (before every searched term acts), pruned at the first epoch it may be
+    assert sorted(study.trials[-1].intermediate_values) == [0, 1]
     parents, children = _runs("depth-toy")
     assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
     pruned = children[children["tags.optuna_trial"] == str(study.trials[-1].number)]
@@ -91,12 +95,12 @@ def test_a_study_whose_searched_term_would_mostly_be_off_is_refused():
     # smoothness from 75 % of the run: off in 4 of 6 trial epochs
     with pytest.raises(ParamError, match=r"tune.spaces.depth.binaural_attention.loss.l_smooth: .* off in 4 of the 6"):
         check_searched_terms_active(REGISTRY, "binaural_attention", block, space, 6, context)
-    block["loss"]["smooth_from"] = 0.5  # off in 3 of 6: half the trial, allowed
-    check_searched_terms_active(REGISTRY, "binaural_attention", block, space, 6, context)
+    block["loss"]["smooth_from"] = 0.5  # off in 3 of 6: half the trial, allowed; trials are pruned from epoch 3
+    assert check_searched_terms_active(REGISTRY, "binaural_attention", block, space, 6, context) == 3
     # a searched value of 0 switches a term off whatever the curriculum
     zero = _space(**{"loss.l_edge": {"low": 0.0, "high": 1.0}})
     with pytest.raises(ParamError, match="l_edge=0.0"):
         check_searched_terms_active(REGISTRY, "binaural_attention", block, zero, 6, context)
     # keys that are not weights (a kernel size) are not checked
     kernel = _space(**{"loss.lowpass_kernel": {"type": "int", "low": 2, "high": 16}})
-    check_searched_terms_active(REGISTRY, "base_residual", {"loss": {}}, kernel, 6, context)
+    assert check_searched_terms_active(REGISTRY, "base_residual", {"loss": {}}, kernel, 6, context) == 0

@@ -77,11 +77,19 @@ def tune(
     block = section(params, f"{fam.registry.params_key}.{model}")
     p = fam.registry.params(model, block)
     epochs = cfg.epochs or p.train.epochs
-    check_searched_terms_active(fam.registry, model, block, space, epochs, fam.loss_context(params))
+    prune_from = check_searched_terms_active(fam.registry, model, block, space, epochs, fam.loss_context(params))
     objective = make_objective(fam, params, model, block, cfg, metric)
     name = f"{family}-{model}"
     study = run_study(
-        name, family, space, objective, cfg, metric, direction(metric, fam.higher_is_better), n_trials=n_trials
+        name,
+        family,
+        space,
+        objective,
+        cfg,
+        metric,
+        direction(metric, fam.higher_is_better),
+        n_trials=n_trials,
+        prune_from=prune_from,
     )
     best = export_best(study, fam.registry.where(model), _best_file(family, model))
     states = [t.state.name for t in study.trials]

@@ -284,13 +284,16 @@ def check_searched_terms_active(
     space: Mapping[str, Any],
     epochs: int,
     context: Mapping[str, Any],
-) -> None:
+) -> int:
     """Refuse a study in which a searched loss weight would be off for more than half of a trial.
 
     The check builds the trial's loss at both ends of each searched range (a weight of 0 is
     "off" whatever the curriculum) and counts the epochs where each searched ``loss.<key>`` is 0.
+    Returns the first epoch (from 0) at which every searched weight acts: pruning a trial before it
+    would judge the trial without the terms the study searches.
     """
     weights = registry.build_loss(name, block.get("loss"), epochs, **context).weights(0)
+    all_on = 0
     for key, dim in space.items():
         term = key.removeprefix("loss.")
         if not key.startswith("loss.") or term not in weights:
@@ -298,13 +301,16 @@ def check_searched_terms_active(
         for value in dim.extremes():
             trial = set_dotted(block, {key: value}, registry.where(name))
             loss = registry.build_loss(name, trial.get("loss"), epochs, **context)
-            off = sum(loss.weights(e)[term] == 0 for e in range(epochs))
+            on = [loss.weights(e)[term] != 0 for e in range(epochs)]
+            off = on.count(False)
             if off > epochs / 2:
                 raise ParamError(
                     f"tune.spaces.{registry.family}.{name}.{key}: the loss term is off in {off} of the "
                     f"{epochs} epochs of a trial (at {term}={value}), so the study could not measure it; "
                     f"start its curriculum phase earlier in {registry.where(name)}.loss or lengthen tune.epochs"
                 )
+            all_on = max(all_on, on.index(True))
+    return all_on
 
 
 def make_objective(

@@ -179,12 +179,14 @@ def run_study(
     metric: str,
     direction: str,
     n_trials: int | None = None,
+    prune_from: int = 0,
 ) -> optuna.Study:
     """Run (or resume) study ``name`` until it holds ``n_trials`` finished trials over all workers.
 
     A pruned trial is a normal outcome: its nested MLflow run ends FINISHED with the tag
     ``optuna_state=PRUNED``, and the parent run stays FINISHED. Only a trial that raised an error
-    ends its runs FAILED.
+    ends its runs FAILED. No trial is pruned before epoch ``prune_from`` (from 0), the epoch from
+    which every searched loss term acts.
     """
     target = n_trials or cfg.n_trials
     study = open_study(name, cfg, direction)
@@ -207,7 +209,7 @@ def run_study(
                 if not math.isfinite(value):
                     raise optuna.TrialPruned(f"{metric} is {value} at epoch {epoch + 1}")
                 trial.report(value, epoch)
-                if trial.should_prune():
+                if epoch >= prune_from and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} with {metric}={value:.4g}")
 
             try:
