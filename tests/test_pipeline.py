@@ -224,6 +224,10 @@ def test_resume_survives_an_edit_outside_the_training_code_but_not_one_to_the_mo
     cli, model_code = project / "src/binaural_lab/cli.py", project / "src/binaural_lab/models/depth_unet.py"
     originals = {p: p.read_text() for p in (cli, model_code)}
     train = [sys.executable, "stages/train.py", "depth", "unet"]
+    # earlier tests changed params.yaml (an experiment, tune-apply): first a checkpoint of these params
+    assert subprocess.run(train, cwd=project, env=env, capture_output=True, timeout=600).returncode == 0
+    for stale in ckpt.glob("last.*.pt"):
+        stale.unlink()
     try:
         cli.write_text(originals[cli] + "\n# an edit outside models/, losses/ and training/\n")
         out = subprocess.run(train, cwd=project, env=env, capture_output=True, text=True, timeout=600)
