@@ -1,5 +1,6 @@
 """Stage synthesize_<slot>: simulate the embedded dataset of ``datasets.<slot>`` into data/raw/<name>."""
 
+import dataclasses
 import time
 
 import typer
@@ -27,10 +28,10 @@ def main(slot: str) -> None:
         raise ParamError(f"datasets.{slot}.kind: {data.kind!r} is not simulated; its data comes from a download stage")
     name = f"synthesize_{slot}"
     cfg_cls, synthesize = SIMULATORS[slot]
-    # the facts about the dataset live in datasets.<slot>, not in the simulation's own section
-    facts = {"sample_rate": data.sample_rate}
-    if slot == "echoes":
-        facts.update(max_depth_m=data.max_depth_m, depth_kind=data.depth_kind)
+    # the facts about the dataset (sample rate, max depth, depth kind) live in datasets.<slot>, not in
+    # the simulation's own section: each simulator takes those of them it has fields for
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    facts = {k: v for k, v in to_dict(data).items() if k in fields}
     cfg = config(params, name, cfg_cls, **facts)
     base = config(params, "base", BaseParams)
     with tracking.stage_run("data", name, {"seed": base.seed, **to_dict(cfg)}):

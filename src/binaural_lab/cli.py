@@ -124,13 +124,19 @@ def evaluate_depth(
 ) -> None:
     """Score outside depth predictions with the REFERENCE metrics."""
     from binaural_lab import depth
-    from binaural_lab.data.datasets import DatasetConfig
+    from binaural_lab.data.simulate.config import DEPTH_KINDS
 
     if max_depth <= 0:
         raise ParamError(f"--max-depth: expected a positive number of metres, got {max_depth}")
-    data = parse(DatasetConfig, {"name": "outside", "max_depth_m": max_depth, "depth_kind": depth_kind}, "options")
+    if depth_kind not in DEPTH_KINDS:
+        raise ParamError(f"--depth-kind: {depth_kind!r} is not one of {list(DEPTH_KINDS)}")
     metrics = depth.score_prediction_dir(pred_dir, gt_dir, max_depth)
-    report = {"convention": depth.convention(data), "depth_kind": depth_kind, "max_depth": max_depth, **metrics}
+    report = {
+        "convention": depth.convention(depth_kind, max_depth),
+        "depth_kind": depth_kind,
+        "max_depth": max_depth,
+        **metrics,
+    }
     if json_out:
         write_json(json_out, report)
     typer.echo(json.dumps(report, indent=2))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from binaural_lab import plots
 from binaural_lab.config import UserError, to_dict
-from binaural_lab.data.datasets import DatasetConfig, dataset
+from binaural_lab.data.datasets import dataset
 from binaural_lab.data.shards import ShardDataset, open_split
 from binaural_lab.family import (
     ComparisonSpec,
@@ -84,9 +84,9 @@ COMPARISON = ComparisonSpec(
 )
 
 
-def convention(data: DatasetConfig) -> str:
-    """The metric convention of a depth dataset, naming its depth kind."""
-    return f"{METRIC_CONVENTION}; {data.depth_kind} depth (max {data.max_depth_m:g} m)"
+def convention(depth_kind: str, max_depth: float) -> str:
+    """The metric convention of depth maps of ``depth_kind`` (planar or ray) up to ``max_depth`` metres."""
+    return f"{METRIC_CONVENTION}; {depth_kind} depth (max {max_depth:g} m)"
 
 
 class PredictionError(UserError, ValueError):
@@ -273,7 +273,7 @@ class DepthFamily:
             name,
             metrics,
             split="test",
-            convention=convention(data),
+            convention=convention(data.depth_kind, data.max_depth_m),
             depth_kind=data.depth_kind,
             n_parameters=card["n_parameters"],
             train_seconds=card["train_seconds"],
@@ -288,13 +288,17 @@ class DepthFamily:
         mean_map = training_mean_depth(data.features / "train")
         shards = open_split(data.features / "test")
         gt = shards["depth"]
-        metrics = score_in_chunks(DepthMetricAccumulator(), gt, lambda rows: np.broadcast_to(mean_map, gt[rows].shape))
+        metrics = score_in_chunks(
+            DepthMetricAccumulator(),
+            gt,
+            lambda rows: np.broadcast_to(mean_map, (rows.stop - rows.start, *mean_map.shape)),
+        )
         report = write_metrics(
             out_dir,
             "mean",
             metrics,
             split="test",
-            convention=convention(data),
+            convention=convention(data.depth_kind, data.max_depth_m),
             depth_kind=data.depth_kind,
             n_parameters=0,
             train_seconds=0.0,

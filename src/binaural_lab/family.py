@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -336,7 +335,6 @@ def make_objective(
 
         with tempfile.TemporaryDirectory(prefix="blab-trial-") as ckpt:
             result, _ = family.train(params, name, p, Path(ckpt), on_epoch, None)
-        value = float(result.history[-1][key])
-        return value if math.isfinite(value) else float("nan")
+        return float(result.history[-1][key])
 
     return objective

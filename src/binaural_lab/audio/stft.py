@@ -7,10 +7,12 @@ a clip, on its channels or on a batch.
 from __future__ import annotations
 
 import functools
+import math
 
+import numpy as np
+import soxr
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 from torch import Tensor
 
 
@@ -74,11 +76,20 @@ def istft_features(
     return audio.reshape(*lead, audio.shape[-1])
 
 
-def resample(audio: Tensor, orig_sr: int, new_sr: int) -> Tensor:
-    """Band-limited resampling along the last dimension (the input itself when the rates match)."""
+def resample(audio: Tensor | np.ndarray, orig_sr: int, new_sr: int) -> Tensor | np.ndarray:
+    """The project's one resampler: soxr "HQ" along the last dimension (librosa's default since 0.10,
+    what the published binaural metrics ran), to exactly ``ceil(n * new_sr / orig_sr)`` samples
+    (``librosa.load``'s length rule: cut or zero-padded). Takes and returns a tensor (on its device)
+    or an array of the same dtype; the input itself when the rates match."""
     if orig_sr == new_sr:
         return audio
-    return AF.resample(audio, orig_sr, new_sr)
+    x = audio.detach().cpu().numpy() if torch.is_tensor(audio) else np.asarray(audio)
+    flat = x.reshape(-1, x.shape[-1])
+    out = soxr.resample(np.ascontiguousarray(flat.T), int(orig_sr), int(new_sr), quality="HQ").T
+    n_out = math.ceil(x.shape[-1] * new_sr / orig_sr)
+    out = np.pad(out[:, :n_out], ((0, 0), (0, max(0, n_out - out.shape[-1]))))
+    out = np.ascontiguousarray(out.reshape(*x.shape[:-1], n_out), dtype=x.dtype)
+    return torch.from_numpy(out).to(audio.device) if torch.is_tensor(audio) else out
 
 
 def echo_spectrogram(audio: Tensor, n_fft: int = 512, win: int = 64, hop: int = 16, size: int = 64) -> Tensor:

@@ -61,14 +61,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-import soxr
 import torch
 import torch.nn.functional as F
 from scipy import fft as sp_fft
 
 from binaural_lab.audio.io import AudioFileError, read_audio
 from binaural_lab.audio.mel import MelConfig, mel_spectrogram
-from binaural_lab.audio.stft import complex_stft
+from binaural_lab.audio.stft import complex_stft, resample
 from binaural_lab.config import UserError
 
 GAO = "gao"
@@ -165,23 +164,6 @@ def _as_clip(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def resample_clip(x: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
-    """Resample ``[channels, n]`` with soxr "HQ" to exactly ``ceil(n * target_sr / sr)`` samples.
-
-    The length rule is ``librosa.load``'s (soxr rounds; librosa then zero-pads or cuts to the
-    ceiling). The input itself is returned when the rates match.
-    """
-    if int(sr) == int(target_sr):
-        return x
-    out = soxr.resample(np.ascontiguousarray(x.T), int(sr), int(target_sr), quality="HQ").T
-    n_out = int(np.ceil(x.shape[-1] * (float(target_sr) / sr)))
-    if out.shape[-1] > n_out:
-        out = out[:, :n_out]
-    elif out.shape[-1] < n_out:
-        out = np.pad(out, ((0, 0), (0, n_out - out.shape[-1])))
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
 def peak_normalize(x: np.ndarray) -> np.ndarray:
     """``x / max(1e-20, max|x|)``, the peak taken over all channels together."""
     return x / np.maximum(np.float32(1e-20), np.max(np.abs(x)))
@@ -223,7 +205,7 @@ def prepare_pair(
     for x, rate, name in ((pred, sr, pred_name), (gt, gt_sr, gt_name)):
         if int(rate) <= 0:
             raise BinauralMetricsError(f"{name}: sample rate must be positive, got {rate}")
-        x = resample_clip(_as_clip(x, name), int(rate), target)
+        x = resample(_as_clip(x, name), int(rate), target)
         need = MIN_SAMPLES[convention]
         if x.shape[1] < need:
             raise BinauralMetricsError(
