@@ -14,10 +14,7 @@ def main(family: str) -> None:
     fam = get_family(family)
     baseline = fam.comparison.baseline
     with tracking.stage_run(family, f"baseline_{family}", {"model": baseline, "split": "test"}):
-        out = fam.baseline(params, report_dir(family, baseline))
-        tracking.log_metrics(out["metrics"], prefix="test_")
-        for path in out["files"]:
-            tracking.log_artifact(path, "figures" if path.suffix == ".png" else None)
+        tracking.log_outputs(fam.baseline(params, report_dir(family, baseline)))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ def main(family: str) -> None:
     with tracking.stage_run(family, f"compare_{family}", {}):
         table = write_comparison(report_dir(family), spec)
         tracking.log_artifact(report_dir(family) / "compare.md")
+        several = len({row["convention"] for row in table}) > 1
         for row in table:
-            tracking.log_metrics({f"{row['model']}_{spec.key}": row[spec.key]})
+            name = f"{row['model']}_{row['convention']}" if several else row["model"]
+            tracking.log_metrics({f"{name}_{spec.key}": row[spec.key]})
 
 
 if __name__ == "__main__":

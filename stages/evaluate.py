@@ -1,22 +1,26 @@
-"""Stage evaluate_<family>@<model>: the family's metrics on the test split, figures, MLflow."""
+"""Stage evaluate_<family>@<model>: the family's metrics on the test split, figures, MLflow.
+
+``--variant FLAG`` (repeatable) evaluates the variant trained with the same flags.
+"""
+
+from typing import Annotated
 
 import typer
 
 from binaural_lab import tracking
 from binaural_lab.family import get_family
 from binaural_lab.paths import model_dir, report_dir
-from binaural_lab.stage import entry, load_params
+from binaural_lab.stage import entry, load_params, section
 
 
 @entry
-def main(family: str, name: str) -> None:
+def main(family: str, name: str, variant: Annotated[list[str] | None, typer.Option()] = None) -> None:
     params = load_params()
     fam = get_family(family)
-    with tracking.stage_run(family, f"evaluate_{family}@{name}", {"model": name, "split": "test"}):
-        out = fam.evaluate(params, name, model_dir(family, name) / "model.pt", report_dir(family, name))
-        tracking.log_metrics(out["metrics"], prefix="test_")
-        for path in out["files"]:
-            tracking.log_artifact(path, "figures" if path.suffix == ".png" else None)
+    run, _ = fam.registry.variant(name, variant or [], section(params, fam.registry.where(name)))
+    with tracking.stage_run(family, f"evaluate_{family}@{run}", {"model": run, "split": "test"}):
+        out = fam.evaluate(params, run, model_dir(family, run) / "model.pt", report_dir(family, run))
+        tracking.log_outputs(out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
-"""Stage train_<family>@<model>: train one model of a family with the one loop (resumable)."""
+"""Stage train_<family>@<model>: train one model of a family with the one loop (resumable).
+
+``--variant FLAG`` (repeatable) trains a variant the family's registry names (an ablation); the
+run is its own model, ``<model>-<flag>...``, with its own folders.
+"""
 
 import csv
 import io
+from typing import Annotated
 
 import typer
 
@@ -14,16 +19,17 @@ from binaural_lab.stage import entry, load_params, section
 
 
 @entry
-def main(family: str, name: str) -> None:
+def main(family: str, name: str, variant: Annotated[list[str] | None, typer.Option()] = None) -> None:
     params = load_params()
     fam = get_family(family)
-    p = fam.registry.params(name, section(params, fam.registry.where(name)))
+    run, block = fam.registry.variant(name, variant or [], section(params, fam.registry.where(name)))
+    p = fam.registry.params(name, block)
     data = dataset(params, fam.dataset_slot)
-    out = model_dir(family, name)
-    figures = report_dir(family, name) / "training"
+    out = model_dir(family, run)
+    figures = report_dir(family, run) / "training"
     figures.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(
-        family, f"train_{family}@{name}", to_dict(p), data=sorted(data.features.glob("*/meta.json"))
+        family, f"train_{family}@{run}", to_dict(p), data=sorted(data.features.glob("*/meta.json"))
     ):
 
         def log_epoch(epoch: int, train_m: dict, val_m: dict, model) -> None:
@@ -43,7 +49,7 @@ def main(family: str, name: str) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(result.history[-1]))
     writer.writeheader()
     writer.writerows(result.history)
-    write_text(report_dir(family, name) / "history.csv", buf.getvalue())
+    write_text(report_dir(family, run) / "history.csv", buf.getvalue())
 
 
 if __name__ == "__main__":

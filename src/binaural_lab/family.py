@@ -28,7 +28,7 @@ from binaural_lab.training.loop import EpochCallback
 from binaural_lab.tuning import Objective, TuneConfig, set_dotted
 
 # families by name -> "module:attribute" of their Family object (imported on first use)
-FAMILIES = {"depth": "binaural_lab.depth:FAMILY"}
+FAMILIES = {"depth": "binaural_lab.depth:FAMILY", "binaural": "binaural_lab.binaural:FAMILY"}
 
 
 @dataclass
@@ -48,7 +48,9 @@ class ModelEntry:
 
     ``module(cfg, **context)`` builds the network, ``loss(cfg, **context, epochs=E)`` the loss for a
     run of E epochs, ``memory_check(cfg, batch_size=B, where=KEY, **context)`` raises before anything
-    is allocated when the configuration cannot fit.
+    is allocated when the configuration cannot fit. ``variants`` names flags that each set dotted
+    keys of the params block (an ablation: ``{"no_depth": {"model.use_depth": False}}``); a run with
+    flags is its own model, named ``<name>-<flag>-<flag>``.
     """
 
     config: type
@@ -56,6 +58,7 @@ class ModelEntry:
     loss_config: type
     loss: Callable[..., Any]
     memory_check: Callable[..., None] | None = None
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class Registry:
@@ -80,6 +83,19 @@ class Registry:
         if name not in self.entries:
             raise ParamError(f"{self.params_key}: {name!r} is not one of {self.names}")
         return self.entries[name]
+
+    def variant(self, name: str, flags: Sequence[str], block: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The run name and the params block of model ``name`` with variant ``flags`` applied."""
+        known = self.entry(name).variants
+        values: dict[str, Any] = {}
+        for flag in flags:
+            if flag not in known:
+                raise ParamError(f"{self.where(name)}: variant {flag!r} is not one of {sorted(known)}")
+            twice = sorted(set(values) & set(known[flag]))
+            if twice:
+                raise ParamError(f"{self.where(name)}: variant flags {list(flags)} set {twice} more than once")
+            values.update(known[flag])
+        return "-".join([name, *flags]), set_dotted(block, values, self.where(name))
 
     def params(self, name: str, block: Mapping[str, Any] | None) -> ModelParams:
         self.entry(name)
@@ -152,6 +168,9 @@ def score_in_chunks(
     return acc.compute()
 
 
+TRAIN_FACTS = ("n_parameters", "train_seconds")  # what every metrics file states besides its metrics
+
+
 def write_metrics(
     out_dir: Path,
     model: str,
@@ -161,9 +180,13 @@ def write_metrics(
     convention: str,
     n_parameters: int,
     train_seconds: float,
+    filename: str = "metrics.json",
     **extra: Any,
 ) -> Path:
-    """``out_dir/metrics.json``: one model's metrics on a split, named with their convention."""
+    """``out_dir/<filename>``: one model's metrics on a split, named with their convention.
+
+    A family scored in several conventions writes one file per convention (``metrics_<name>.json``).
+    """
     report = {
         "model": model,
         "split": split,
@@ -173,13 +196,17 @@ def write_metrics(
         "n_parameters": n_parameters,
         "train_seconds": round(train_seconds, 2),
     }
-    write_json(out_dir / "metrics.json", report)
-    return out_dir / "metrics.json"
+    write_json(out_dir / filename, report)
+    return out_dir / filename
 
 
 @dataclass(frozen=True)
 class ComparisonSpec:
-    """How a family's ``compare`` table looks: which metrics, which baseline, which metric ranks."""
+    """How a family's ``compare`` table looks: which metrics, which baseline, which metric ranks.
+
+    ``metrics`` lists every column a family may report; a convention's table shows those its
+    metrics files hold.
+    """
 
     title: str
     metrics: Sequence[str]
@@ -188,45 +215,62 @@ class ComparisonSpec:
     higher_is_better: frozenset[str] = frozenset()
 
 
-def write_comparison(reports: Path, spec: ComparisonSpec) -> list[dict[str, Any]]:
-    """Gather ``reports/*/metrics.json`` into ``compare.json`` and ``compare.md`` (baseline first)."""
-    rows, conventions = [], set()
-    for f in sorted(reports.glob("*/metrics.json")):
-        data = json.loads(f.read_text())
-        conventions.add(data["convention"])
-        rows.append({"model": data["model"], **{k: data[k] for k in (*spec.metrics, "n_parameters", "train_seconds")}})
-    if not rows:
-        raise FileNotFoundError(f"{reports}: no */metrics.json to compare; run the evaluation stages first")
-    if len(conventions) > 1:
-        raise ValueError(f"{reports}: metrics files use different conventions {sorted(conventions)}")
+def _convention_table(rows: list[dict[str, Any]], spec: ComparisonSpec, heading: str) -> list[str]:
+    """Rank one convention's rows (baseline first), add the change against the baseline; its markdown."""
     sign = -1 if spec.key in spec.higher_is_better else 1
     rows.sort(key=lambda r: (r["model"] != spec.baseline, sign * r[spec.key]))
     reference = next((r[spec.key] for r in rows if r["model"] == spec.baseline), None)
     change = f"{spec.key}_vs_{spec.baseline}_pct"
     for r in rows:
         r[change] = round(100 * (r[spec.key] / reference - 1), 1) if reference else None
-    header = ["model", *spec.metrics, f"{spec.key} vs {spec.baseline}", "parameters", "train s"]
+    shown = [k for k in spec.metrics if all(k in r for r in rows)]
+    header = ["model", *shown, f"{spec.key} vs {spec.baseline}", "parameters", "train s"]
     better = "higher" if spec.key in spec.higher_is_better else "lower"
-    convention = conventions.pop()
-    lines = [
-        f"# {spec.title}",
-        "",
-        f"Metric convention: {convention}. Ranked by {spec.key} ({better} is better).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    lines = [heading, "", f"Ranked by {spec.key} ({better} is better).", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["model"], *(f"{r[k]:.4f}" for k in spec.metrics)]
+        cells = [r["model"], *(f"{r[k]:.4f}" for k in shown)]
         cells += [
             f"{r[change]:+.1f} %" if r[change] is not None else "",
             f"{r['n_parameters']:,}",
             f"{r['train_seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    write_json(reports / "compare.json", {"convention": convention, "rows": rows})
-    write_text(reports / "compare.md", "\n".join(lines) + "\n")
-    return rows
+    return lines
+
+
+def write_comparison(reports: Path, spec: ComparisonSpec) -> list[dict[str, Any]]:
+    """Gather ``reports/*/metrics*.json`` into ``compare.json`` and ``compare.md`` (baseline first).
+
+    Rows are grouped by the ``convention`` their file names: one table per convention, each with
+    the change against the baseline in that convention. Every convention must cover the same
+    models (a stale file of another convention is an error, not a second table).
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    described: dict[str, str] = {}
+    for f in sorted(reports.glob("*/metrics*.json")):
+        data = json.loads(f.read_text())
+        conv = data["convention"]
+        described[conv] = data.get("convention_description", conv)
+        metrics = {k: data[k] for k in spec.metrics if k in data}
+        rows = groups.setdefault(conv, [])
+        rows.append({"model": data["model"], "convention": conv, **metrics, **{k: data[k] for k in TRAIN_FACTS}})
+    if not groups:
+        raise FileNotFoundError(f"{reports}: no */metrics*.json to compare; run the evaluation stages first")
+    models = {conv: sorted(r["model"] for r in rows) for conv, rows in groups.items()}
+    if len({tuple(m) for m in models.values()}) > 1:
+        raise ValueError(f"{reports}: metrics files use different conventions for different models: {models}")
+    lines = [f"# {spec.title}", ""]
+    table: list[dict[str, Any]] = []
+    for conv, rows in groups.items():
+        heading = f"Metric convention: {conv}." if len(groups) == 1 else f"## {conv}"
+        if len(groups) > 1 and described[conv] != conv:
+            heading += f"\n\n{described[conv]}."
+        lines += [*_convention_table(rows, spec, heading), ""]
+        table += rows
+    write_json(reports / "compare.json", {"conventions": described, "rows": table})
+    write_text(reports / "compare.md", "\n".join(lines).rstrip("\n") + "\n")
+    return table
 
 
 # --- the protocol of a family, and the tuning objective every family shares -----------------------

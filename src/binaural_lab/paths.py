@@ -147,3 +147,8 @@ def model_dir(family: str, name: str) -> Path:
 def report_dir(family: str, name: str | None = None) -> Path:
     base = project_root() / "reports" / family
     return base / name if name else base
+
+
+def output_dir(family: str, name: str) -> Path:
+    """``outputs/<family>/<name>``: what a trained method generates (WAV files per split, ...)."""
+    return project_root() / "outputs" / family / name

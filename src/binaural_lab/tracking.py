@@ -125,3 +125,13 @@ def log_model_state(state_dict: Mapping[str, Any], config: Mapping[str, Any], na
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     if mlflow.active_run() is not None and Path(path).exists():
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+ARTIFACT_FOLDERS = {".png": "figures", ".wav": "examples"}  # by suffix; anything else at the run's root
+
+
+def log_outputs(out: Mapping[str, Any]) -> None:
+    """Log what an evaluation returned: ``metrics`` as ``test_<key>``, ``files`` as artifacts."""
+    log_metrics(out["metrics"], prefix="test_")
+    for path in out["files"]:
+        log_artifact(path, ARTIFACT_FOLDERS.get(path.suffix.lower()))

@@ -56,7 +56,7 @@ Nothing here writes files.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -64,6 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import fft as sp_fft
+from tqdm import tqdm
 
 from binaural_lab.audio.io import AudioFileError, read_audio
 from binaural_lab.audio.mel import MelConfig, mel_spectrogram
@@ -552,15 +553,29 @@ def score_dirs(pred_dir: str | Path, gt_dir: str | Path, convention: str, normal
         )
     if not gt_names:
         raise BinauralMetricsError(f"{gt_dir}: no .wav files to score (and none in {pred_dir})")
+    pairs = [(pred_dir / name, gt_dir / name) for name in sorted(gt_names)]
+    return score_files(pairs, convention, norm)
+
+
+def score_files(
+    pairs: Sequence[tuple[Path, Path]], convention: str, normalize: bool | None = None, progress: bool = False
+) -> dict:
+    """Score each ``(prediction, ground truth)`` pair of WAV files; returns what :func:`score_dirs` does.
+
+    ``per_file`` is keyed by the prediction's file name. With ``progress`` a bar shows the clips done.
+    """
+    convention = check_convention(convention)
+    norm = DEFAULT_NORMALIZE[convention] if normalize is None else bool(normalize)
     keys = CONVENTIONS[convention]
     per_file: dict[str, dict[str, float]] = {}
-    for name in sorted(gt_names):
-        pred_path, gt_path = pred_dir / name, gt_dir / name
+    for pred_path, gt_path in tqdm(pairs, desc=f"{convention} metrics", disable=not progress, leave=False):
         pred, pred_sr = _read(pred_path)
         gt, gt_sr = _read(gt_path)
-        per_file[name] = clip_metrics(
+        per_file[pred_path.name] = clip_metrics(
             pred, gt, pred_sr, convention, gt_sr=gt_sr, normalize=norm, pred_name=str(pred_path), gt_name=str(gt_path)
         )
+    if not per_file:
+        raise BinauralMetricsError(f"no clips to score in the {convention} convention")
     mean: dict[str, float] = {}
     n_infinite: dict[str, int] = {}
     for key in keys:

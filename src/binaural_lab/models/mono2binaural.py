@@ -125,6 +125,8 @@ def decoder_blocks(channels: list[int], extra: Sequence[int]) -> nn.ModuleList:
 class Mono2Binaural(nn.Module):
     """``forward(mono [B, 2, F, T], image [B, 3, H, W])`` returns ``{"mask", "diff"}``, both ``[B, 2, F, T]``.
 
+    A ``depth`` map is accepted and ignored, so every binauralizer is called the same way.
+
     ``mask`` is the complex mask (real, imaginary) in [-1, 1]; ``diff`` the predicted L - R STFT,
     ``mask * mono`` as complex numbers. Both are float32.
     """
@@ -143,7 +145,7 @@ class Mono2Binaural(nn.Module):
         visual_size = cfg.visual_channels * self.grid[0] * self.grid[1]
         self.decoder = decoder_blocks(channels, [visual_size] + [0] * (NUM_LEVELS - 1))
 
-    def forward(self, mono: Tensor, image: Tensor) -> dict[str, Tensor]:
+    def forward(self, mono: Tensor, image: Tensor, depth: Tensor | None = None) -> dict[str, Tensor]:
         check_spectrogram(mono)
         feats = self.encoder(pad_spectrogram(mono))
         bottleneck = feats[-1]
