@@ -6,6 +6,7 @@ project's own default store (mlruns/ under the temporary root).
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,13 +14,28 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
+import soundfile as sf
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
+
+SPLITS = ("train", "val", "test")
+CONVENTIONS = ("gao", "diffbinaural")
+MODALITIES = [f"{image}-{depth}" for image in ("image", "no_image") for depth in ("depth", "no_depth")]
+BINAURAL_METHODS = ("mono", "mono2binaural", *(f"depth_infused-{m}" for m in MODALITIES))
+BINAURAL_STAGES = {
+    "train_binaural@mono2binaural",
+    "evaluate_binaural@mono2binaural",
+    *(f"{verb}_depth_infused@{m}" for verb in ("train", "evaluate") for m in MODALITIES),
+    "baseline_binaural",
+    "compare_binaural",
+}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -54,6 +70,32 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
+def commit(project: Path, message: str) -> None:
+    """Commit the workspace (an earlier experiment's results too): an experiment starts from HEAD."""
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", message, "--allow-empty"], project)
+
+
+def ran_stages(dvc_output: str) -> set[str]:
+    return {line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage")}
+
+
+def split_ids(project: Path, split: str) -> list[str]:
+    """The sample ids of a split of the binaural dataset, in the order of its feature shards."""
+    index = project / "data/features/synthetic-binaural" / split / "index.parquet"
+    return pd.read_parquet(index)["sample_id"].tolist()
+
+
+def manifest(project: Path) -> pd.DataFrame:
+    return pd.read_parquet(project / "data/prepared/synthetic-binaural/manifest.parquet").set_index("sample_id")
+
+
+def binaural_runs(project: Path) -> pd.DataFrame:
+    """Every run of the binaural experiment, newest first."""
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["binaural-lab/binaural"], order_by=["start_time DESC"])
+
+
 def test_repro_writes_every_report_and_tracks_runs(project):
     compare = json.loads((project / "reports/depth/compare.json").read_text())
     assert {r["model"] for r in compare["rows"]} == {"mean", "unet", "base_residual", "binaural_attention"}
@@ -74,6 +116,53 @@ def test_repro_writes_every_report_and_tracks_runs(project):
     assert "reports/depth/unet/metrics.json" in shown
 
 
+def test_repro_writes_binaural_wavs_metrics_comparison_and_runs(project):
+    compare = json.loads((project / "reports/binaural/compare.json").read_text())
+    assert {(r["model"], r["convention"]) for r in compare["rows"]} == {
+        (m, c) for m in BINAURAL_METHODS for c in CONVENTIONS
+    }
+    assert set(compare["conventions"]) == set(CONVENTIONS)
+    headings = (project / "reports/binaural/compare.md").read_text().splitlines()
+    assert "## gao" in headings and "## diffbinaural" in headings
+    lengths = manifest(project)["num_samples"]
+    test_ids = split_ids(project, "test")
+    for method in BINAURAL_METHODS:
+        assert sorted(p.name for p in (project / "outputs/binaural" / method).iterdir()) == sorted(SPLITS)
+        for split in SPLITS:
+            folder = project / "outputs/binaural" / method / split
+            ids = split_ids(project, split)
+            assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.wav" for i in ids)
+            for sample_id in ids:
+                audio, sr = sf.read(folder / f"{sample_id}.wav", dtype="float32", always_2d=True)
+                assert sr == 22050 and audio.shape == (lengths[sample_id], 2), f"{method}/{split}/{sample_id}"
+                # the mono copy has the same signal in both ears; a learned method adds its L - R half to one
+                # ear and takes it from the other
+                same = np.array_equal(audio[:, 0], audio[:, 1])
+                assert same == (method == "mono"), f"{method}/{split}/{sample_id}: left == right is {same}"
+        for conv in CONVENTIONS:
+            metrics = json.loads((project / f"reports/binaural/{method}/metrics_{conv}.json").read_text())
+            assert metrics["model"] == method and metrics["split"] == "test" and metrics["convention"] == conv
+            assert metrics["convention_description"] == compare["conventions"][conv]
+            assert metrics["n_clips"] == len(test_ids) and math.isfinite(metrics["stft"])
+    runs = binaural_runs(project)
+    assert BINAURAL_STAGES <= set(runs["tags.dvc_stage"])
+    assert set(runs[runs["tags.dvc_stage"].isin(BINAURAL_STAGES)]["status"]) == {"FINISHED"}
+    client = mlflow.MlflowClient()
+    evaluate = runs[runs["tags.dvc_stage"] == "evaluate_binaural@mono2binaural"].iloc[0]
+    examples = [a.path for a in client.list_artifacts(evaluate["run_id"], "examples")]
+    n_examples = yaml.safe_load((project / "params.yaml").read_text())["binauralize"]["example_wavs"]
+    assert len(examples) == min(n_examples, len(test_ids)) and all(p.endswith(".wav") for p in examples)
+    assert {Path(p).stem for p in examples} <= set(test_ids)
+    figures = [a.path for a in client.list_artifacts(evaluate["run_id"], "figures")]
+    assert "figures/examples.png" in figures and all(p.endswith(".png") for p in figures)
+    gao = json.loads((project / "reports/binaural/mono2binaural/metrics_gao.json").read_text())
+    assert evaluate["metrics.test_gao_stft"] == pytest.approx(gao["stft"], rel=1e-12)
+    # the depth-infused network with an image draws its attention maps as well
+    full = runs[runs["tags.dvc_stage"] == "evaluate_depth_infused@image-depth"].iloc[0]
+    figures = [Path(a.path).name for a in client.list_artifacts(full["run_id"], "figures")]
+    assert "examples.png" in figures and any(f.startswith("attention_") for f in figures)
+
+
 def test_second_repro_is_up_to_date_and_a_param_reruns_only_its_dependents(project):
     out = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in out
@@ -83,6 +172,46 @@ def test_second_repro_is_up_to_date_and_a_param_reruns_only_its_dependents(proje
     out = run(["dvc", "exp", "run", "-S", "depth_models.unet.train.lr=0.002"], project).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"train_depth@unet", "evaluate_depth@unet", "compare_depth"}
+
+
+def test_a_binaural_param_reruns_only_its_method_and_the_comparison(project):
+    """One experiment per binaural block, each from a commit of the workspace (the depth experiment above
+    left its results there): only that method's stages and the comparison run, with the new weight."""
+    commit(project, "depth experiment")
+    out = run(["dvc", "exp", "run", "-S", "binaural_models.mono2binaural.loss.l_2ch=0.1"], project).stdout
+    assert ran_stages(out) == {"train_binaural@mono2binaural", "evaluate_binaural@mono2binaural", "compare_binaural"}
+    commit(project, "mono2binaural experiment")
+    # one epoch as well: the same stages rerun, in half the time
+    out = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "binaural_models.depth_infused.loss.l_2ch=0.1",
+            "-S",
+            "binaural_models.depth_infused.train.epochs=1",
+        ],
+        project,
+    ).stdout
+    depth_infused = {f"{verb}_depth_infused@{m}" for verb in ("train", "evaluate") for m in MODALITIES}
+    assert ran_stages(out) == depth_infused | {"compare_binaural"}
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    # the new weight reached every retrained network's loss (logged per epoch)
+    runs = binaural_runs(project)
+    client = mlflow.MlflowClient()
+    for stage, epochs in [
+        ("train_binaural@mono2binaural", 2),
+        *((f"train_depth_infused@{m}", 1) for m in MODALITIES),
+    ]:
+        newest = runs[runs["tags.dvc_stage"] == stage].iloc[0]
+        assert newest["tags.dvc_exp_name"] and newest["params.loss.l_2ch"] == "0.1"
+        weights = [m.value for m in client.get_metric_history(newest["run_id"], "loss_weight/l_2ch")]
+        assert weights == [pytest.approx(0.1)] * epochs, stage
+    compare = json.loads((project / "reports/binaural/compare.json").read_text())
+    assert {(r["model"], r["convention"]) for r in compare["rows"]} == {
+        (m, c) for m in BINAURAL_METHODS for c in CONVENTIONS
+    }
 
 
 def test_bad_param_fails_clearly_and_keeps_outputs(project):
@@ -122,6 +251,19 @@ def test_tune_resumes_exports_and_applies(project):
     applied = yaml.safe_load((project / "params.yaml").read_text())["depth_models"]["unet"]
     assert applied["train"]["lr"] == pytest.approx(best["params"]["train.lr"])
     assert "#" in (project / "params.yaml").read_text()  # comments kept
+
+
+def test_tune_binaural_runs_a_study_and_exports_its_best(project):
+    out = run(["blab", "tune", "binaural", "mono2binaural", "--n-trials", "2"], project).stdout
+    assert "study binaural-mono2binaural: 2 trials" in out
+    best = yaml.safe_load((project / "tuning/binaural-mono2binaural/best_params.yaml").read_text())
+    assert best["study"] == "binaural-mono2binaural" and best["target"] == "binaural_models.mono2binaural"
+    assert set(best["params"]) == {"train.lr", "loss.l_diff", "loss.l_2ch"} and math.isfinite(best["value"])
+    runs = binaural_runs(project)
+    runs = runs[runs["tags.optuna_study"] == "binaural-mono2binaural"]
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and len(children) == 2
 
 
 def test_two_workers_share_one_study_without_losing_or_duplicating_trials(project):
@@ -213,6 +355,28 @@ def test_evaluate_outside_predictions(project, tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "prediction(s) missing" in proc.stderr and "2.npy" in proc.stderr
+
+
+def test_evaluate_binaural_outside_scores_the_stage_wavs_as_the_stage_did(project, tmp_path):
+    """`blab evaluate binaural` on a method's test WAVs and a copy of the dataset's ground truth gives the
+    stage's own test metrics, in both conventions."""
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    gt_paths = manifest(project)["binaural_path"]
+    for sample_id in split_ids(project, "test"):
+        shutil.copy(project / "data/raw/synthetic-binaural" / gt_paths[sample_id], gt_dir / f"{sample_id}.wav")
+    pred_dir = project / "outputs/binaural/mono2binaural/test"
+    for conv in CONVENTIONS:
+        out = tmp_path / f"{conv}.json"
+        cmd = ["blab", "evaluate", "binaural", "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir)]
+        run([*cmd, "--convention", conv, "--json", str(out)], project)
+        scored = json.loads(out.read_text())
+        stage = json.loads((project / f"reports/binaural/mono2binaural/metrics_{conv}.json").read_text())
+        assert scored["convention"] == conv and scored["n"] == stage["n_clips"]
+        assert scored["convention_description"] == stage["convention_description"]
+        assert set(scored["mean"]) <= set(stage)
+        for key, value in scored["mean"].items():
+            assert abs(value - stage[key]) <= 1e-9, f"{conv} {key}: {value} != {stage[key]}"
 
 
 def test_resume_survives_an_edit_outside_the_training_code_but_not_one_to_the_model(project):

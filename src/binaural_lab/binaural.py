@@ -191,6 +191,16 @@ def rms_scale(mix: Tensor) -> Tensor:
     return torch.where(rms > 1e-8, 1 / rms.clamp_min(1e-8), torch.ones_like(rms))[:, None, None, None]
 
 
+WINDOW_BATCH = 64  # sliding windows per forward pass at inference
+
+
+def _expand(visual: Tensor | Mapping[str, Tensor], n: int) -> Tensor | dict[str, Tensor]:
+    """A batch-of-one visual encoding (a tensor or a dict of them) repeated ``n`` times, without copies."""
+    if torch.is_tensor(visual):
+        return visual.expand(n, *visual.shape[1:])
+    return {k: v.expand(n, *v.shape[1:]) for k, v in visual.items()}
+
+
 class BinauralTask:
     """Training crops, sliding inference and validation of an STFT-domain binauralizer."""
 
@@ -208,10 +218,13 @@ class BinauralTask:
         image = (frame.float() / 255 - mean) / std
         return {"image": image, "depth": depth.float().unsqueeze(1) / self.depth_scale}
 
-    def predict_windows(self, model: nn.Module, mix: Tensor, conditions: Mapping[str, Tensor]) -> Tensor:
-        """The L - R STFT of mix windows ``[N, 2, F, W]``: the network runs on RMS-normalised windows."""
+    def predict_windows(self, model: nn.Module, mix: Tensor, **inputs: Any) -> Tensor:
+        """The L - R STFT of mix windows ``[N, 2, F, W]``: the network runs on RMS-normalised windows.
+
+        ``inputs`` are the network's other inputs (``image`` and ``depth``, or their ``visual`` encoding).
+        """
         scale = rms_scale(mix)
-        return model(mix * scale, **conditions)["diff"].float() / scale
+        return model(mix * scale, **inputs)["diff"].float() / scale
 
     def training_loss(self, model: nn.Module, batch: dict[str, Tensor], epoch: int) -> tuple[Tensor, dict]:
         stft = batch["stft"].float()  # [B, 2 (mono, L - R), 2 (re, im), F, T]
@@ -225,14 +238,22 @@ class BinauralTask:
 
     @torch.no_grad()
     def predict_difference(self, model: nn.Module, stft: Tensor, frame: Tensor, depth: Tensor) -> Tensor:
-        """The predicted L - R STFT ``[B, 2, F, T]`` of whole clips (stft ``[B, 2, 2, F, T]``), sliding."""
+        """The predicted L - R STFT ``[B, 2, F, T]`` of whole clips (stft ``[B, 2, 2, F, T]``), sliding.
+
+        The frame and depth map of a clip are encoded once and shared by its windows, which go
+        through the network ``WINDOW_BATCH`` at a time.
+        """
         out = []
         for clip, f, d in zip(stft.float(), frame, depth, strict=True):
-            cond = self.conditions(f[None], d[None])
+            visual = model.encode(**self.conditions(f[None], d[None]))
 
-            def predict(windows: Tensor, starts: Sequence[int], cond: dict = cond) -> Tensor:
-                n = len(windows)
-                return self.predict_windows(model, windows, {k: v.expand(n, *v.shape[1:]) for k, v in cond.items()})
+            def predict(windows: Tensor, starts: Sequence[int], visual: Any = visual) -> Tensor:
+                parts = []
+                for i in range(0, len(windows), WINDOW_BATCH):
+                    chunk = windows[i : i + WINDOW_BATCH]
+                    shared = _expand(visual, len(chunk))
+                    parts.append(self.predict_windows(model, chunk, visual=shared))
+                return torch.cat(parts)
 
             out.append(sliding_prediction(predict, 2 * clip[0], self.crop_frames, self.hop_frames))
         return torch.stack(out)

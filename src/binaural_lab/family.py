@@ -95,6 +95,10 @@ class Registry:
             if twice:
                 raise ParamError(f"{self.where(name)}: variant flags {list(flags)} set {twice} more than once")
             values.update(known[flag])
+        block = {**block}
+        for key in values:  # a variant may set a section the block leaves to its defaults
+            if "." in key and key.split(".")[0] not in block:
+                block[key.split(".")[0]] = {}
         return "-".join([name, *flags]), set_dotted(block, values, self.where(name))
 
     def params(self, name: str, block: Mapping[str, Any] | None) -> ModelParams:

@@ -9,9 +9,11 @@ Grauman's original):
 - ``2ch``: mean of the left and right spectrograms' squared errors, the channels rebuilt as
   ``(mix + diff) / 2`` and ``(mix - diff) / 2``.
 
-With an exact mix the left and right errors are each half the difference error, so ``2ch`` equals
-``diff / 4`` and the two lambdas only set one overall scale; they part ways where a method's mix is
-not exact (a predicted mix, or mixes clipped at the crop edges). Both are computed in float32.
+The mix is the network's input, not a prediction, so both rebuilt channels share it and each
+channel's error is half the difference error: ``2ch`` always equals ``diff / 4`` here, and the two
+lambdas only set one overall scale of the gradient (as a learning rate would). The term is kept
+as Sep-Stereo's published combination; a method that predicts its channels separately would make
+the two terms differ. Both are computed in float32.
 """
 
 from __future__ import annotations

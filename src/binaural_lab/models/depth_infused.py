@@ -192,6 +192,9 @@ class DepthInfusedBinaural(nn.Module):
     With ``return_attention=True`` the dict adds ``"attention"``: ``{modality: {level: [B, h, w, gh,
     gw]}}`` for the modalities in use, level 1 (bottleneck) to 5, audio positions ``h x w`` of the
     padded input at that level, visual positions ``gh x gw``; each map sums to 1 over ``gh x gw``.
+    ``encode(image, depth)`` gives the visual feature maps alone; ``forward(mono, visual=...)`` reuses
+    them (without the memory check, which needs the frame sizes), so the windows of one clip share
+    one pass of the encoders.
     """
 
     def __init__(self, cfg: DepthInfusedConfig):
@@ -213,20 +216,30 @@ class DepthInfusedBinaural(nn.Module):
         )
         self.decoder = decoder_blocks(channels, [len(self.modalities) * c for c in audio_in])
 
-    def forward(
-        self, mono: Tensor, image: Tensor | None = None, depth: Tensor | None = None, return_attention: bool = False
-    ) -> dict[str, Tensor | dict[str, dict[int, Tensor]]]:
-        check_spectrogram(mono)
+    def encode(self, image: Tensor | None = None, depth: Tensor | None = None) -> dict[str, Tensor]:
+        """The feature maps ``{modality: [B, C, gh, gw]}`` of the modalities in use."""
         given = {"image": image, "depth": depth}
         missing = [m for m in self.modalities if given[m] is None]
         if missing:
             raise ValueError(f"use_{missing[0]} is true, so forward needs the {missing[0]} input")
-        inputs: dict[str, Tensor] = {m: given[m] for m in self.modalities}
-        if inputs:
-            sizes = {m: tuple(x.shape[-2:]) for m, x in inputs.items()}
-            frame_size = sizes.get("image", sizes.get("depth"))
-            check_attention_memory(self.cfg, mono.shape[0], *mono.shape[-2:], frame_size, sizes.get("depth"))
-        visual = {m: self.visual[m](x) for m, x in inputs.items()}
+        return {m: self.visual[m](given[m]) for m in self.modalities}
+
+    def forward(
+        self,
+        mono: Tensor,
+        image: Tensor | None = None,
+        depth: Tensor | None = None,
+        return_attention: bool = False,
+        visual: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor | dict[str, dict[int, Tensor]]]:
+        check_spectrogram(mono)
+        if visual is None:
+            given = {m: x for m, x in (("image", image), ("depth", depth)) if x is not None and m in self.modalities}
+            if given:
+                sizes = {m: tuple(x.shape[-2:]) for m, x in given.items()}
+                frame_size = sizes.get("image", sizes.get("depth"))
+                check_attention_memory(self.cfg, mono.shape[0], *mono.shape[-2:], frame_size, sizes.get("depth"))
+            visual = self.encode(image, depth)
         feats = self.encoder(pad_spectrogram(mono))
         maps: dict[str, dict[int, Tensor]] = {m: {} for m in visual}
         y = feats[-1]

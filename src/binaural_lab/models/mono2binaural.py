@@ -126,6 +126,8 @@ class Mono2Binaural(nn.Module):
     """``forward(mono [B, 2, F, T], image [B, 3, H, W])`` returns ``{"mask", "diff"}``, both ``[B, 2, F, T]``.
 
     A ``depth`` map is accepted and ignored, so every binauralizer is called the same way.
+    ``encode(image)`` gives the visual vector alone; ``forward(mono, visual=...)`` reuses it, so the
+    windows of one clip share one pass of the image encoder.
 
     ``mask`` is the complex mask (real, imaginary) in [-1, 1]; ``diff`` the predicted L - R STFT,
     ``mask * mono`` as complex numbers. Both are float32.
@@ -145,11 +147,20 @@ class Mono2Binaural(nn.Module):
         visual_size = cfg.visual_channels * self.grid[0] * self.grid[1]
         self.decoder = decoder_blocks(channels, [visual_size] + [0] * (NUM_LEVELS - 1))
 
-    def forward(self, mono: Tensor, image: Tensor, depth: Tensor | None = None) -> dict[str, Tensor]:
+    def encode(self, image: Tensor, depth: Tensor | None = None) -> Tensor:
+        """The visual vector ``[B, visual_channels * rows * columns]`` of frames ``[B, 3, H, W]``."""
+        return pool_features(self.reduce(self.visual(image)), self.grid)
+
+    def forward(
+        self, mono: Tensor, image: Tensor | None = None, depth: Tensor | None = None, visual: Tensor | None = None
+    ) -> dict[str, Tensor]:
         check_spectrogram(mono)
+        if visual is None:
+            if image is None:
+                raise ValueError("forward needs the image or its encoded visual vector")
+            visual = self.encode(image)
         feats = self.encoder(pad_spectrogram(mono))
         bottleneck = feats[-1]
-        visual = pool_features(self.reduce(self.visual(image)), self.grid)
         tiled = visual[:, :, None, None].expand(-1, -1, *bottleneck.shape[-2:])
         y = torch.cat([tiled, bottleneck], dim=1)
         for block, skip in zip(self.decoder, [*reversed(feats[:-1]), None], strict=True):
