@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -50,6 +51,7 @@ from binaural_lab.family import (
     ModelParams,
     Registry,
     count_parameters,
+    example_indices,
     load_model_file,
     loss_weight_metrics,
     write_metrics,
@@ -258,11 +260,14 @@ class BinauralTask:
             out.append(sliding_prediction(predict, 2 * clip[0], self.crop_frames, self.hop_frames))
         return torch.stack(out)
 
+    def to_audio(self, spec: Tensor) -> Tensor:
+        """Audio at the STFT's rate ``[..., samples]`` (one clip's length) of STFTs ``[..., 2, F, T]``."""
+        s = self.stft
+        return istft_features(spec.float().cpu(), s.n_fft, s.hop, s.win, length=s.samples)
+
     def waveforms(self, mono: Tensor, diff: Tensor) -> Tensor:
         """Left / right at the STFT's rate ``[B, 2, samples]`` from mono and L - R STFTs ``[B, 2, F, T]``."""
-        pair = torch.stack((mono + diff / 2, mono - diff / 2), dim=1).float()
-        s = self.stft
-        return istft_features(pair.cpu(), s.n_fft, s.hop, s.win, length=s.samples)
+        return self.to_audio(torch.stack((mono + diff / 2, mono - diff / 2), dim=1))
 
     def evaluate(self, model: nn.Module, loader: DataLoader, epoch: int) -> dict[str, float]:
         """Mean Gao metrics of whole validation clips at the STFT's rate."""
@@ -350,15 +355,15 @@ def load_model(path: Path, device: torch.device | None = None) -> tuple[nn.Modul
 
 
 def render_split(
-    model: nn.Module | None, task: BinauralTask | None, data: DatasetConfig, split: str, out_dir: Path
+    model: nn.Module | None, task: BinauralTask, data: DatasetConfig, mono_paths: pd.Series, split: str, out_dir: Path
 ) -> list[Path]:
     """Write ``out_dir/<sample_id>.wav`` (left, right at the dataset's rate) for every clip of ``split``.
 
-    ``model`` None is the mono copy. Returns the files in the split's order.
+    ``model`` None is the mono copy; ``mono_paths`` maps sample ids to the mono files of the raw
+    dataset. Returns the files in the split's order.
     """
     reader = ShardReader(data.features / split)
     ids = reader.index()["sample_id"].tolist()
-    mono_paths = load_manifest(data.prepared / "manifest.parquet").set_index("sample_id")["mono_path"]
     arrays = reader.arrays()
     n = int(reader.meta["config"]["clip_samples"])
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
@@ -367,14 +372,12 @@ def render_split(
         mono, _ = read_audio(data.raw / mono_paths[sample_id], expect_sr=data.sample_rate, expect_channels=1)
         mono = mono[0, :n]
         half = np.zeros_like(mono)
-        if model is not None and task is not None:
+        if model is not None:
             stft = torch.from_numpy(np.asarray(arrays["stft"][i : i + 1])).to(device)
             frame = torch.from_numpy(np.asarray(arrays["frame"][i : i + 1])).to(device)
             depth = torch.from_numpy(np.asarray(arrays["depth"][i : i + 1])).to(device)
-            diff = task.predict_difference(model, stft, frame, depth)
-            s = task.stft
-            wave = istft_features(diff[0].cpu(), s.n_fft, s.hop, s.win, length=s.samples).numpy()
-            wave = resample(wave, s.sample_rate, data.sample_rate)[: len(mono)]
+            wave = task.to_audio(task.predict_difference(model, stft, frame, depth)[0]).numpy()
+            wave = resample(wave, task.stft.sample_rate, data.sample_rate)[: len(mono)]
             half[: len(wave)] = wave / 2
         path = out_dir / f"{sample_id}.wav"
         write_audio(path, np.stack((mono + half, mono - half)), data.sample_rate)
@@ -382,17 +385,16 @@ def render_split(
     return written
 
 
-def render_all(model: nn.Module | None, task: BinauralTask | None, data: DatasetConfig, name: str) -> dict:
-    """WAVs of every split of the dataset in ``outputs/binaural/<name>/<split>/``; ``{split: files}``."""
+def render_and_score(
+    model: nn.Module | None, task: BinauralTask, data: DatasetConfig, name: str
+) -> tuple[dict[str, list[Path]], dict[str, dict]]:
+    """WAVs of every split in ``outputs/binaural/<name>/<split>/`` (``{split: files}``), and both
+    conventions' scores of the test WAVs against the dataset's binaural files."""
+    manifest = load_manifest(data.prepared / "manifest.parquet").set_index("sample_id")
     root = output_dir("binaural", name)
-    return {split: render_split(model, task, data, split, root / split) for split in SPLITS}
-
-
-def score_test(files: Sequence[Path], data: DatasetConfig) -> dict[str, dict]:
-    """Both conventions' scores of the test WAVs against the dataset's binaural files."""
-    gt = load_manifest(data.prepared / "manifest.parquet").set_index("sample_id")["binaural_path"]
-    pairs = [(f, data.raw / gt[f.stem]) for f in files]
-    return {conv: score_files(pairs, conv, progress=True) for conv in CONVENTIONS}
+    wavs = {split: render_split(model, task, data, manifest["mono_path"], split, root / split) for split in SPLITS}
+    pairs = [(f, data.raw / manifest.at[f.stem, "binaural_path"]) for f in wavs["test"]]
+    return wavs, {conv: score_files(pairs, conv, progress=True) for conv in CONVENTIONS}
 
 
 def report(
@@ -419,10 +421,6 @@ def report(
         )
         flat.update({f"{conv}_{k}": v for k, v in score["mean"].items()})
     return flat, files
-
-
-def example_indices(n: int, n_examples: int) -> np.ndarray:
-    return np.linspace(0, n - 1, min(n_examples, n)).astype(int)
 
 
 @torch.no_grad()
@@ -509,8 +507,8 @@ class BinauralFamily:
         train_seconds: float,
     ) -> dict[str, Any]:
         data = dataset(params, self.dataset_slot)
-        wavs = render_all(model, task, data, name)
-        flat, files = report(name, score_test(wavs["test"], data), out_dir, n_parameters, train_seconds)
+        wavs, scores = render_and_score(model, task, data, name)
+        flat, files = report(name, scores, out_dir, n_parameters, train_seconds)
         n_examples = int(section(params, "evaluate.n_examples"))
         label = "mono copy" if model is None else name
         files += save_figures(model, task, data.features / "test", out_dir / "figures", n_examples, label=label)

@@ -31,6 +31,7 @@ from binaural_lab.family import (
     Registry,
     chunks,
     count_parameters,
+    example_indices,
     load_model_file,
     loss_weight_metrics,
     score_in_chunks,
@@ -229,11 +230,6 @@ def training_mean_depth(train_dir: Path) -> np.ndarray:
         total += np.where(valid, chunk, 0).sum(0)
         count += valid.sum(0)
     return (total / np.maximum(count, 1)).astype(np.float32)
-
-
-def example_indices(n: int, n_examples: int) -> np.ndarray:
-    """``n_examples`` evenly spaced sample indices of a split of ``n``, for figures."""
-    return np.linspace(0, n - 1, min(n_examples, n)).astype(int)
 
 
 class DepthFamily:

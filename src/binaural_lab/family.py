@@ -163,6 +163,11 @@ def chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+def example_indices(n: int, n_examples: int) -> np.ndarray:
+    """``n_examples`` evenly spaced sample indices of a split of ``n``, for figures and examples."""
+    return np.linspace(0, n - 1, min(n_examples, n)).astype(int)
+
+
 def score_in_chunks(
     acc: MetricAccumulator, gt: np.ndarray, predict: Callable[[slice], np.ndarray], size: int = CHUNK
 ) -> dict[str, float]:
