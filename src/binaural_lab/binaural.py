@@ -151,6 +151,13 @@ class StftSetup:
         return max(1, round(seconds * self.sample_rate / self.hop))
 
 
+def imagenet_normalize(frame: Tensor) -> Tensor:
+    """uint8 RGB frames ``[B, 3, H, W]`` as torchvision's ResNets expect them: [0, 1], then ImageNet mean and std."""
+    mean = frame.new_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
+    std = frame.new_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
+    return (frame.float() / 255 - mean) / std
+
+
 def window_starts(n_frames: int, window: int, hop: int) -> list[int]:
     """First frames of the sliding windows: every ``hop`` frames, the last one ending at the clip's end."""
     if n_frames <= window:
@@ -161,14 +168,22 @@ def window_starts(n_frames: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def stitch(windows: Tensor, starts: Sequence[int], n_frames: int) -> Tensor:
-    """Average the predictions ``[N, ..., W]`` of windows starting at ``starts`` into ``[..., n_frames]``."""
+def stitch(windows: Tensor, starts: Sequence[int], n_frames: int, crop: int = 0) -> Tensor:
+    """Average the predictions ``[N, ..., W]`` of windows starting at ``starts`` into ``[..., n_frames]``.
+
+    ``crop`` frames at each inner end of a window (one that another window continues) are left out.
+    """
     width = windows.shape[-1]
     total = windows.new_zeros((*windows.shape[1:-1], max(n_frames, width)))
     count = windows.new_zeros(total.shape[-1])
     for pred, start in zip(windows, starts, strict=True):
-        total[..., start : start + width] += pred
-        count[start : start + width] += 1
+        weight = windows.new_ones(width)
+        if crop and start > 0:
+            weight[:crop] = 0
+        if crop and start + width < n_frames:
+            weight[width - crop :] = 0
+        total[..., start : start + width] += pred * weight
+        count[start : start + width] += weight
     return (total / count.clamp_min(1))[..., :n_frames]
 
 
@@ -215,10 +230,7 @@ class BinauralTask:
 
     def conditions(self, frame: Tensor, depth: Tensor) -> dict[str, Tensor]:
         """The network's visual inputs from uint8 frames ``[B, 3, H, W]`` and depth maps ``[B, H, W]``."""
-        mean = frame.new_tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
-        std = frame.new_tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
-        image = (frame.float() / 255 - mean) / std
-        return {"image": image, "depth": depth.float().unsqueeze(1) / self.depth_scale}
+        return {"image": imagenet_normalize(frame), "depth": depth.float().unsqueeze(1) / self.depth_scale}
 
     def predict_windows(self, model: nn.Module, mix: Tensor, **inputs: Any) -> Tensor:
         """The L - R STFT of mix windows ``[N, 2, F, W]``: the network runs on RMS-normalised windows.

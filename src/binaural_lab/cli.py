@@ -53,8 +53,12 @@ def _best_file(family: str, model: str) -> Path:
 @app.command()
 @entry
 def tune(
-    family: str = typer.Argument(..., help="model family: depth"),
-    model: str = typer.Argument(..., help="model of the family, e.g. unet, base_residual, binaural_attention"),
+    family: str = typer.Argument(..., help="model family: depth, binaural or diffusion"),
+    model: str = typer.Argument(
+        None,
+        help="model of the family (unet, mono2binaural, diffbinaural, ...); omitted for diffusion: the "
+        "inference-time study of generate_mels (guidance scale, DDIM steps, eta) on the trained model",
+    ),
     n_trials: int = typer.Option(None, help="finished trials the study should hold (default tune.n_trials)"),
     storage: str = typer.Option(None, help="journal file or database URL (default tune.storage)"),
 ) -> None:
@@ -67,6 +71,10 @@ def tune(
     cfg = parse(TuneConfig, section(params, "tune"), "tune")
     if storage:
         cfg.storage = storage
+    if model is None:
+        if not hasattr(fam, "sampling_objective"):
+            raise ParamError(f"blab tune {family}: name a model of the family ({fam.registry.names})")
+        model = "sampling"
     space = cfg.spaces.get(family, {}).get(model)
     if space is None:
         declared = {f: sorted(m) for f, m in cfg.spaces.items()}
@@ -74,11 +82,14 @@ def tune(
     if family not in cfg.metric:
         raise ParamError(f"tune.metric.{family}: name the validation metric the {family} studies optimise")
     metric = cfg.metric[family]
-    block = section(params, f"{fam.registry.params_key}.{model}")
-    p = fam.registry.params(model, block)
-    epochs = cfg.epochs or p.train.epochs
-    prune_from = check_searched_terms_active(fam.registry, model, block, space, epochs, fam.loss_context(params))
-    objective = make_objective(fam, params, model, block, cfg, metric)
+    if model == "sampling":  # trained once; each trial only samples
+        objective, prune_from, target = fam.sampling_objective(params), 0, "generate_mels"
+    else:
+        block = section(params, f"{fam.registry.params_key}.{model}")
+        p = fam.registry.params(model, block)
+        epochs = cfg.epochs or p.train.epochs
+        prune_from = check_searched_terms_active(fam.registry, model, block, space, epochs, fam.loss_context(params))
+        objective, target = make_objective(fam, params, model, block, cfg, metric), fam.registry.where(model)
     name = f"{family}-{model}"
     study = run_study(
         name,
@@ -91,7 +102,7 @@ def tune(
         n_trials=n_trials,
         prune_from=prune_from,
     )
-    best = export_best(study, fam.registry.where(model), _best_file(family, model))
+    best = export_best(study, target, _best_file(family, model))
     states = [t.state.name for t in study.trials]
     typer.echo(
         f"study {name}: {len(states)} trials ({states.count('COMPLETE')} complete, "

@@ -28,7 +28,11 @@ from binaural_lab.training.loop import EpochCallback
 from binaural_lab.tuning import Objective, TuneConfig, set_dotted
 
 # families by name -> "module:attribute" of their Family object (imported on first use)
-FAMILIES = {"depth": "binaural_lab.depth:FAMILY", "binaural": "binaural_lab.binaural:FAMILY"}
+FAMILIES = {
+    "depth": "binaural_lab.depth:FAMILY",
+    "binaural": "binaural_lab.binaural:FAMILY",
+    "diffusion": "binaural_lab.diffbinaural:FAMILY",
+}
 
 
 @dataclass
@@ -344,7 +348,10 @@ def check_searched_terms_active(
     Returns the first epoch (from 0) at which every searched weight acts: pruning a trial before it
     would judge the trial without the terms the study searches.
     """
-    weights = registry.build_loss(name, block.get("loss"), epochs, **context).weights(0)
+    loss = registry.build_loss(name, block.get("loss"), epochs, **context)
+    if not hasattr(loss, "weights"):
+        return 0  # an objective without weighted terms (a diffusion process): nothing can be off
+    weights = loss.weights(0)
     all_on = 0
     for key, dim in space.items():
         term = key.removeprefix("loss.")
@@ -379,6 +386,8 @@ def make_objective(
         p = registry.params(name, trial_block)
 
         def on_epoch(epoch: int, train_m: dict[str, float], val_m: dict[str, float], model: nn.Module) -> None:
+            if key not in val_m and epoch + 1 < p.train.epochs:
+                return  # a metric measured every few epochs (sampled mels) is reported when present
             if key not in val_m:
                 raise ParamError(
                     f"tune.metric.{registry.family}: {metric!r} is not a validation metric; have "

@@ -11,6 +11,7 @@ batches are written in manifest order, so the result does not depend on ``worker
 from __future__ import annotations
 
 import functools
+import json
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +39,8 @@ BINAURAL_CONVENTION = (
     "mel: BigVGAN log-mel (binaural_lab.audio.mel), channels (mono, left, right), clips cut from their start "
     "to clip_samples, a multiple of hop; stft: resampled to stft_sample_rate, Hann STFT centred with "
     "reflect padding, channels (mono, left - right), parts (re, im); frame: RGB uint8, bilinear resize; "
+    "positions: per source (x, y, present), x and y the source's pixel position over the frame's width and "
+    "height (0..1), present 0 for padding rows and for datasets without positions; "
     "depth: metres, 0 = invalid (non-finite or <= 0), nearest resize so invalid zeros do not blend into edges"
 )
 ECHO_CONVENTION = (
@@ -48,6 +51,7 @@ ECHO_CONVENTION = (
 )
 BINAURAL_INDEX = ["sample_id", "room_id", "azimuth_deg", "elevation_deg", "distance_m", "pixel_x", "pixel_y"]
 BINAURAL_FILES = ["binaural_path", "mono_path", "frame_path", "depth_path"]
+MAX_SOURCES = 4  # rows of the positions array; a scene with more sources keeps the first MAX_SOURCES
 ECHO_INDEX = ["sample_id", "room_id"]
 ECHO_FILES = ["audio_path", "depth_path"]
 
@@ -99,10 +103,12 @@ class EchoFeatureConfig:
 def compute_binaural_features(
     manifest: pd.DataFrame | Path, raw_dir: Path, out_dir: Path, cfg: BinauralFeatureConfig, workers: int = 0
 ) -> dict[str, int]:
-    """Write ``mel``, ``stft``, ``frame``, ``depth`` and the index per split; returns samples per split.
+    """Write ``mel``, ``stft``, ``frame``, ``depth``, ``positions`` and the index per split; returns samples
+    per split.
 
     Shapes per sample: mel [3, n_mels, clip_samples // hop], stft [2, 2, stft_n_fft // 2 + 1, T'],
-    frame uint8 [3, H, W], depth [H, W].
+    frame uint8 [3, H, W], depth [H, W], positions [MAX_SOURCES, 3] (from the manifest's ``sources``
+    column, a JSON list of objects with ``pixel_x`` and ``pixel_y``; all absent when it has none).
     """
     table, _ = _checked_manifest(manifest, raw_dir, BINAURAL_INDEX + BINAURAL_FILES)
     n = _clip_samples(table, raw_dir, cfg)
@@ -110,6 +116,7 @@ def compute_binaural_features(
     arrays = {name: ArraySpec(tuple(values.shape[1:]), "float32") for name, values in probe.items()}
     arrays["frame"] = ArraySpec((3, *cfg.frame_size), "uint8")
     arrays["depth"] = ArraySpec(tuple(cfg.frame_size), "float32")
+    arrays["positions"] = ArraySpec((MAX_SOURCES, 3), "float32")
     featurize = functools.partial(_binaural_batch, raw_dir=raw_dir, cfg=cfg, n=n)
     config = {**to_dict(cfg), "clip_samples": n}
     return _write_splits(
@@ -189,7 +196,12 @@ def _binaural_batch(rows: pd.DataFrame, raw_dir: Path, cfg: BinauralFeatureConfi
                 raise FeatureInputError(f"{path}: {audio.shape[1]} samples, expected at least {n}")
         clips.append(np.concatenate((mono[:, :n], binaural[:, :n])))
     out = _binaural_audio_features(torch.from_numpy(np.stack(clips)), cfg)
-    out["frame"] = np.stack([_load_frame(raw_dir / p, cfg.frame_size) for p in rows["frame_path"]])
+    frames = [_load_frame(raw_dir / p, cfg.frame_size) for p in rows["frame_path"]]
+    out["frame"] = np.stack([f for f, _ in frames])
+    sources = rows["sources"] if "sources" in rows else [None] * len(rows)
+    out["positions"] = np.stack(
+        [_source_positions(s, size, raw_dir / p) for s, (_, size), p in zip(sources, frames, rows["frame_path"])]
+    )
     out["depth"] = np.stack([_load_depth(raw_dir / p, cfg.frame_size, None) for p in rows["depth_path"]])
     return out
 
@@ -210,14 +222,32 @@ def _echo_batch(rows: pd.DataFrame, raw_dir: Path, cfg: EchoFeatureConfig) -> di
     return {"spec": torch.stack(specs).numpy(), "depth": np.stack(depth)}
 
 
-def _load_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """An RGB image as uint8 ``[3, H, W]``, resized bilinearly (PIL, antialiased)."""
+def _load_frame(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """An RGB image as uint8 ``[3, H, W]``, resized bilinearly (PIL, antialiased), and its original (width, height)."""
     try:
         with Image.open(path) as image:
+            original = image.size
             rgb = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
     except (OSError, ValueError) as exc:
         raise FeatureInputError(f"{path}: not a readable image ({exc})") from exc
-    return np.asarray(rgb).transpose(2, 0, 1)
+    return np.asarray(rgb).transpose(2, 0, 1), original
+
+
+def _source_positions(sources: str | None, frame_size: tuple[int, int], frame_path: Path) -> np.ndarray:
+    """``[MAX_SOURCES, 3]`` rows (x / width, y / height, 1) of a ``sources`` JSON list, zero rows after it."""
+    out = np.zeros((MAX_SOURCES, 3), np.float32)
+    if sources is None or (isinstance(sources, float) and np.isnan(sources)):
+        return out
+    try:
+        items = json.loads(sources)
+        for i, src in enumerate(items[:MAX_SOURCES]):
+            out[i] = (float(src["pixel_x"]) / frame_size[0], float(src["pixel_y"]) / frame_size[1], 1.0)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FeatureInputError(
+            f"manifest row of {frame_path}: column 'sources' should be a JSON list of objects with pixel_x and "
+            f"pixel_y ({exc}): {sources!r}"
+        ) from exc
+    return out
 
 
 def _load_depth(path: Path, size: tuple[int, int], max_depth: float | None) -> np.ndarray:

@@ -9,11 +9,11 @@ from binaural_lab.paths import hash_files
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # the code that decides what a checkpoint holds; edits elsewhere (cli, stages, docs) keep it resumable
-CODE_DIRS = ("models", "losses", "training")
+CODE_DIRS = ("models", "losses", "diffusion", "training")
 
 
 def code_fingerprint(root: Path | None = None) -> str:
-    """Hash of the ``.py`` files below ``models/``, ``losses/`` and ``training/`` of the package at
+    """Hash of the ``.py`` files below the CODE_DIRS (models, losses, diffusion, training) of the package at
     ``root`` (by default this installed package)."""
     root = PACKAGE_ROOT if root is None else Path(root)
     return hash_files([root / d for d in CODE_DIRS], "*.py")
