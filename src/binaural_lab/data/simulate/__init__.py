@@ -6,32 +6,37 @@
   head camera would see of exactly the simulated geometry.
 
 Coordinate conventions are documented in :mod:`binaural_lab.data.simulate.geometry`.
+
+Names are imported on first use, so that reading a config (every stage does, through
+``binaural_lab.data.datasets``) does not load the simulators and SciPy's signal package.
 """
 
-from binaural_lab.data.simulate.binaural import synthesize_binaural
-from binaural_lab.data.simulate.config import (
-    BinauralSceneConfig,
-    CameraConfig,
-    ChirpConfig,
-    EchoCameraConfig,
-    EchoSceneConfig,
-    HeadConfig,
-    ObjectsConfig,
-    RoomConfig,
-    SourcesConfig,
-)
-from binaural_lab.data.simulate.echoes import synthesize_echoes
+import importlib
+from typing import Any
 
-__all__ = [
-    "BinauralSceneConfig",
-    "CameraConfig",
-    "ChirpConfig",
-    "EchoCameraConfig",
-    "EchoSceneConfig",
-    "HeadConfig",
-    "ObjectsConfig",
-    "RoomConfig",
-    "SourcesConfig",
-    "synthesize_binaural",
-    "synthesize_echoes",
-]
+_MODULES = {
+    "synthesize_binaural": "binaural",
+    "synthesize_echoes": "echoes",
+    **{
+        name: "config"
+        for name in (
+            "BinauralSceneConfig",
+            "CameraConfig",
+            "ChirpConfig",
+            "EchoCameraConfig",
+            "EchoSceneConfig",
+            "HeadConfig",
+            "ObjectsConfig",
+            "RoomConfig",
+            "SourcesConfig",
+        )
+    },
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
