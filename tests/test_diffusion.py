@@ -13,7 +13,7 @@ from torch import nn
 from binaural_lab.config import ParamError, parse
 from binaural_lab.diffbinaural import SamplingConfig, sample_windows
 from binaural_lab.diffusion.ddim import DDIMScheduler, DiffusionConfig, classifier_free_guidance
-from binaural_lab.models.diffbinaural import DiffBinaural, DiffBinauralConfig
+from binaural_lab.models.diffbinaural import CrossAttention, DiffBinaural, DiffBinauralConfig
 from binaural_lab.models.visual import ResNet18Encoder, VisualConfig
 
 diffusers = pytest.importorskip("diffusers")
@@ -130,12 +130,22 @@ def test_loss_l1_and_l2():
 # --- classifier-free guidance in the sampler ------------------------------------------------------------
 
 
-def test_guidance_scale_endpoints():
+def guidance_inputs():
     gen = torch.Generator().manual_seed(1)
-    c, u = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
-    assert torch.equal(classifier_free_guidance(c, u, 1.0), c)
+    return torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+
+
+def test_guidance_scale_endpoints():
+    c, u = guidance_inputs()
     assert torch.equal(classifier_free_guidance(c, u, 0.0), u)
+    torch.testing.assert_close(classifier_free_guidance(c, u, 1.0), c, atol=1e-6, rtol=0)
     torch.testing.assert_close(classifier_free_guidance(c, u, 3.0), 3 * c - 2 * u)
+    torch.testing.assert_close(classifier_free_guidance(c, u, -1.0), 2 * u - c)
+
+
+def test_guidance_scale_one_is_exactly_the_conditional_prediction():
+    c, u = guidance_inputs()
+    assert torch.equal(classifier_free_guidance(c, u, 1.0), c)
 
 
 class Recorder(nn.Module):
@@ -278,6 +288,17 @@ def test_context_conditions_the_output(tiny):
     other = tiny(x, t, mono, context.flip(1) + 1.0)
     assert (base - other).abs().max() > 1e-3
     assert (base - tiny(x, t, mono, torch.zeros_like(context))).abs().max() > 1e-3
+    # every cross-attention (2 per level down and up, 1 in the bottleneck) sees the visual tokens once
+    seen = []
+    attns = [m for m in tiny.modules() if isinstance(m, CrossAttention)]
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append((m, args[1]))) for m in attns]
+    try:
+        tiny(x, t, mono, context)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(attns) == 5 and sorted(map(id, (m for m, _ in seen))) == sorted(map(id, attns))
+    assert all(c is context for _, c in seen)
 
 
 @torch.no_grad()
@@ -309,8 +330,8 @@ def test_resnet18_matches_torchvision(tmp_path):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
         ref.train()  # ... and running statistics
-        for _ in range(3):
-            ref(torch.randn(4, 3, 64, 64) * 2 + 0.5)
+        for _ in range(2):
+            ref(torch.randn(2, 3, 64, 64) * 2 + 0.5)
     ref.eval()
     assert ref.bn1.running_mean.abs().max() > 1e-2 and (ref.bn1.running_var - 1).abs().max() > 1e-2
     path = tmp_path / "resnet18.pt"

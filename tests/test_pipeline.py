@@ -163,6 +163,70 @@ def test_repro_writes_binaural_wavs_metrics_comparison_and_runs(project):
     assert "examples.png" in figures and any(f.startswith("attention_") for f in figures)
 
 
+def test_repro_generates_the_mels_of_every_split_and_scores_them(project):
+    """The stage-1 contract with the vocoder: per split, shards of [n, 2, n_mels, T] in the features' log-mel
+    units, rows mapped to sample ids in the features' order, frame counts equal to the ground truth's."""
+    for split in SPLITS:
+        truth = np.load(project / "data/features/synthetic-binaural" / split / "mel.npy")
+        folder = project / "outputs/mels/synthetic-binaural" / split
+        index = pd.read_parquet(folder / "index.parquet")
+        assert index["sample_id"].tolist() == split_ids(project, split)
+        assert (index["n_frames"] == truth.shape[-1]).all()
+        shards = {k: np.load(folder / f"mel-{k:05d}.npy") for k in sorted(set(index["shard"]))}
+        mels = np.stack([shards[k][r] for k, r in zip(index["shard"], index["row"], strict=True)])
+        assert mels.shape == (len(truth), 2, truth.shape[2], truth.shape[3]) and np.isfinite(mels).all()
+        assert mels.min() >= -12.0 - 1e-5 and mels.max() <= 2.5 + 1e-5  # the model's clamp, in log-mel units
+        assert not (folder / "progress.json").exists()
+    metrics = json.loads((project / "reports/diffusion/diffbinaural/metrics.json").read_text())
+    test_ids = split_ids(project, "test")
+    assert metrics["convention"] == "mel" and metrics["split"] == "test" and metrics["n_clips"] == len(test_ids)
+    for method in ("generated", "mono"):
+        assert math.isfinite(metrics[f"{method}_mel_rmse"]) and 0 <= metrics[f"{method}_sign_agreement"] <= 1
+    assert metrics["mono_sign_agreement"] == 0  # equal ears have no level difference to agree with
+    per_clip = pd.read_csv(project / "reports/diffusion/diffbinaural/per_clip.csv")
+    assert per_clip["sample_id"].tolist() == test_ids
+    assert metrics["generated_mel_rmse"] == pytest.approx(per_clip["generated_mel_rmse"].mean())
+    assert (project / "reports/diffusion/diffbinaural/figures/examples.png").stat().st_size > 1000
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["binaural-lab/diffusion"])
+    assert {"train_diffusion", "generate_mels", "evaluate_mels"} <= set(runs["tags.dvc_stage"])
+    train = runs[runs["tags.dvc_stage"] == "train_diffusion"].iloc[0]
+    assert math.isfinite(train["metrics.val_denoise_loss"]) and math.isfinite(train["metrics.val_mel_rmse"])
+    figures = [a.path for a in mlflow.MlflowClient().list_artifacts(train["run_id"], "figures/training")]
+    assert any(p.endswith("examples.png") for p in figures)
+
+
+def test_a_sampling_param_reruns_generation_and_evaluation_not_training(project):
+    commit(project, "before the guidance experiment")
+    model = (project / "models/diffusion/diffbinaural/model.pt").read_bytes()
+    before = np.load(project / "outputs/mels/synthetic-binaural/test/mel-00000.npy")
+    out = run(["dvc", "exp", "run", "-S", "generate_mels.guidance_scale=2.0"], project).stdout
+    assert ran_stages(out) == {"generate_mels", "evaluate_mels"}
+    assert (project / "models/diffusion/diffbinaural/model.pt").read_bytes() == model
+    after = np.load(project / "outputs/mels/synthetic-binaural/test/mel-00000.npy")
+    assert after.shape == before.shape and not np.array_equal(after, before)
+    meta = json.loads((project / "outputs/mels/synthetic-binaural/test/meta.json").read_text())
+    assert meta["sampling"]["guidance_scale"] == 2.0
+
+
+def test_tune_diffusion_studies_sampling_on_the_trained_model(project):
+    out = run(["blab", "tune", "diffusion", "--n-trials", "2"], project).stdout
+    assert "study diffusion-sampling: 2 trials" in out
+    best = yaml.safe_load((project / "tuning/diffusion-sampling/best_params.yaml").read_text())
+    assert best["target"] == "generate_mels" and set(best["params"]) == {"guidance_scale", "steps", "eta"}
+    assert math.isfinite(best["value"])
+    params = project / "params.yaml"
+    original = params.read_text()
+    try:
+        run(["blab", "tune-apply", "diffusion", "sampling"], project)
+        applied = yaml.safe_load(params.read_text())["generate_mels"]
+        assert applied["steps"] == best["params"]["steps"]
+    finally:
+        params.write_text(original)  # the later tests expect the workspace reproduced
+    out = run(["blab", "tune", "diffusion", "diffbinaural", "--n-trials", "1"], project).stdout
+    assert "study diffusion-diffbinaural: 1 trials" in out
+
+
 def test_second_repro_is_up_to_date_and_a_param_reruns_only_its_dependents(project):
     out = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in out

@@ -377,7 +377,7 @@ def generate_split(
     """
     reader = ShardReader(split_dir)
     ids = reader.index()["sample_id"].tolist()
-    arrays = reader.arrays()
+    arrays = {name: reader.open(name) for name in MEL_KEYS}  # a missing array fails here, before out_dir
     n_mels, n_frames = arrays["mel"].shape[-2:]
     meta = {
         "format": MELS_FORMAT,
@@ -389,8 +389,11 @@ def generate_split(
         "shard_size": cfg.shard_size,
         "sampling": to_dict(cfg),
     }
-    progress = out_dir / "progress.json"
+    progress, done = out_dir / "progress.json", out_dir / "meta.json"
     if out_dir.exists():
+        if not progress.is_file() and done.is_file() and (out_dir / "index.parquet").is_file():
+            if json.loads(done.read_text()) == meta:
+                return len(ids)  # finished before for the same fingerprint and settings
         old = json.loads(progress.read_text()) if progress.is_file() else None
         if old != meta:
             for f in out_dir.iterdir():
@@ -523,7 +526,7 @@ def score_generated(features_split: Path, mels_split: Path) -> pd.DataFrame:
         raise DiffusionInputError(f"{mels_split}: mels of {gen.shape[-2:]}, the ground truth has {truth.shape[-2:]}")
     rows = []
     for i, sid in enumerate(index["sample_id"]):
-        t = torch.from_numpy(np.asarray(truth[i]))
+        t = torch.from_numpy(np.array(truth[i]))
         mono = t[:1].expand(2, -1, -1)
         row = {"sample_id": sid, "azimuth_deg": float(index["azimuth_deg"][i])} if "azimuth_deg" in index else {
             "sample_id": sid

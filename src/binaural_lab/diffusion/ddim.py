@@ -119,5 +119,6 @@ class DDIMScheduler:
 
 
 def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """``uncond + scale * (cond - uncond)``: scale 1 is the conditional prediction, 0 the unconditional."""
-    return uncond + scale * (cond - uncond)
+    """``uncond + scale * (cond - uncond)``: scale 1 is the conditional prediction, 0 the unconditional
+    (both exactly: ``torch.lerp`` is exact at its ends)."""
+    return torch.lerp(uncond, cond, scale)

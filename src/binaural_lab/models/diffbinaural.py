@@ -14,7 +14,7 @@ sources' pixel positions). Layout, after Okano et al. 2025 (a ``denoising-diffus
   mirror-image up path with skip connections; a last ResNet block and a 1x1 convolution to 2 channels.
 
 Cross-attention (``heads`` x ``dim_head``) is pre-normalised and residual; a batch row whose
-condition is dropped (classifier-free guidance) attends to zero tokens, so it contributes nothing.
+condition is dropped (classifier-free guidance) attends to zero tokens: no condition, only the output bias.
 The mel frequency and time sizes must be divisible by ``2 ** (len(dim_mults) - 1)``.
 """
 
