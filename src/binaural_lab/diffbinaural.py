@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from binaural_lab import plots
 from binaural_lab.binaural import imagenet_normalize, stitch, window_starts
-from binaural_lab.config import ParamError, UserError, param, parse, to_dict
+from binaural_lab.config import UserError, param, parse, to_dict
 from binaural_lab.data.datasets import dataset
 from binaural_lab.data.manifest import SPLITS
 from binaural_lab.data.shards import ShardDataset, ShardReader
@@ -177,7 +177,9 @@ class DiffusionTask:
             n += len(mel)
             if sampled:
                 ids = [f"val{epoch}-{i}" for i in range(n - len(mel), n)]
-                out = generate_clips(model, self.scheduler, mel, batch["frame"], batch["positions"], ids, self.val_sampling)
+                out = generate_clips(
+                    model, self.scheduler, mel, batch["frame"], batch["positions"], ids, self.val_sampling
+                )
                 err = (out - mel[:, 1:])[..., CROP : mel.shape[-1] - CROP]
                 sq += err.pow(2).sum().item()
                 frames += err.numel()
@@ -226,7 +228,9 @@ def sample_windows(
     return x
 
 
-def _clip_noise(sample_id: str, n_windows: int, shape: tuple[int, ...], cfg: SamplingConfig) -> tuple[Tensor, Tensor | None]:
+def _clip_noise(
+    sample_id: str, n_windows: int, shape: tuple[int, ...], cfg: SamplingConfig
+) -> tuple[Tensor, Tensor | None]:
     gen = torch.Generator().manual_seed(clip_seed(cfg.seed, sample_id))
     noise = torch.randn((n_windows, *shape), generator=gen)
     step_noise = torch.randn((cfg.steps, n_windows, *shape), generator=gen) if cfg.eta > 0 else None
@@ -528,9 +532,11 @@ def score_generated(features_split: Path, mels_split: Path) -> pd.DataFrame:
     for i, sid in enumerate(index["sample_id"]):
         t = torch.from_numpy(np.array(truth[i]))
         mono = t[:1].expand(2, -1, -1)
-        row = {"sample_id": sid, "azimuth_deg": float(index["azimuth_deg"][i])} if "azimuth_deg" in index else {
-            "sample_id": sid
-        }
+        row = (
+            {"sample_id": sid, "azimuth_deg": float(index["azimuth_deg"][i])}
+            if "azimuth_deg" in index
+            else {"sample_id": sid}
+        )
         row.update({f"generated_{k}": v for k, v in mel_metrics(torch.from_numpy(gen[i]), t[1:]).items()})
         row.update({f"mono_{k}": v for k, v in mel_metrics(mono, t[1:]).items() if k in SCORED})
         rows.append(row)
@@ -547,7 +553,9 @@ def summarize(per_clip: pd.DataFrame) -> dict[str, float]:
         off = per_clip[per_clip["azimuth_deg"].abs() > OFF_CENTRE_DEG]
         out["n_off_centre"] = len(off)
         for method in ("generated", "mono"):
-            out[f"{method}_sign_agreement_off_centre"] = float(off[f"{method}_sign_agreement"].mean()) if len(off) else float("nan")
+            out[f"{method}_sign_agreement_off_centre"] = (
+                float(off[f"{method}_sign_agreement"].mean()) if len(off) else float("nan")
+            )
     return out
 
 
@@ -640,7 +648,9 @@ class DiffusionFamily:
         ]
         n_examples = int(section(params, "evaluate.n_examples"))
         generated = GeneratedMels(mels_dir(params) / "test").all()
-        files += save_figures(None, None, data.features / "test", out_dir / "figures", n_examples, None, generated=generated)
+        files += save_figures(
+            None, None, data.features / "test", out_dir / "figures", n_examples, None, generated=generated
+        )
         return {"metrics": summary, "files": files}
 
     def sampling_objective(self, params: Mapping[str, Any]) -> Objective:

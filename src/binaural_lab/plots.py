@@ -268,13 +268,18 @@ def mel_examples(path: Path, examples: Sequence[Mapping[str, Any]]) -> None:
         raise ValueError("mel_examples needs at least one example")
     titles = ("mono", "L truth", "R truth", "L generated", "R generated", "L - R truth", "L - R generated")
     fig, axes = plt.subplots(
-        len(examples), len(titles), figsize=(2.1 * len(titles) + 1.2, 1.9 * len(examples)), squeeze=False,
+        len(examples),
+        len(titles),
+        figsize=(2.1 * len(titles) + 1.2, 1.9 * len(examples)),
+        squeeze=False,
         layout="constrained",
     )
     for r, ex in enumerate(examples):
         truth, gen = np.asarray(ex["truth"]), np.asarray(ex["generated"])
         if truth.shape != gen.shape or truth.ndim != 3 or truth.shape[0] != 2:
-            raise ValueError(f"example {ex.get('name')!r}: truth {truth.shape} and generated {gen.shape}, expected [2, F, T]")
+            raise ValueError(
+                f"example {ex.get('name')!r}: truth {truth.shape} and generated {gen.shape}, expected [2, F, T]"
+            )
         levels = [np.asarray(ex["mono"]), truth[0], truth[1], gen[0], gen[1]]
         diffs = [truth[0] - truth[1], gen[0] - gen[1]]
         vmin, vmax = min(float(x.min()) for x in levels), max(float(x.max()) for x in levels)
@@ -282,8 +287,12 @@ def mel_examples(path: Path, examples: Sequence[Mapping[str, Any]]) -> None:
         for c, (img, title) in enumerate(zip(levels + diffs, titles, strict=True)):
             diff = c >= len(levels)
             im = axes[r, c].imshow(
-                img, origin="lower", aspect="auto", cmap="RdBu_r" if diff else "magma",
-                vmin=-span if diff else vmin, vmax=span if diff else vmax,
+                img,
+                origin="lower",
+                aspect="auto",
+                cmap="RdBu_r" if diff else "magma",
+                vmin=-span if diff else vmin,
+                vmax=span if diff else vmax,
             )
             axes[r, c].set_title(f"{ex.get('name', r)}: {title}" if c == 0 else title, fontsize=8)
             axes[r, c].tick_params(labelsize=6)

@@ -199,9 +199,8 @@ def _binaural_batch(rows: pd.DataFrame, raw_dir: Path, cfg: BinauralFeatureConfi
     frames = [_load_frame(raw_dir / p, cfg.frame_size) for p in rows["frame_path"]]
     out["frame"] = np.stack([f for f, _ in frames])
     sources = rows["sources"] if "sources" in rows else [None] * len(rows)
-    out["positions"] = np.stack(
-        [_source_positions(s, size, raw_dir / p) for s, (_, size), p in zip(sources, frames, rows["frame_path"])]
-    )
+    pairs = zip(sources, frames, rows["frame_path"], strict=True)
+    out["positions"] = np.stack([_source_positions(s, size, raw_dir / p) for s, (_, size), p in pairs])
     out["depth"] = np.stack([_load_depth(raw_dir / p, cfg.frame_size, None) for p in rows["depth_path"]])
     return out
 
