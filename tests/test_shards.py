@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from binaural_lab.audio import (
@@ -26,6 +27,7 @@ from binaural_lab.config import ParamError, parse
 from binaural_lab.data.features import (
     BinauralFeatureConfig,
     EchoFeatureConfig,
+    FeatureInputError,
     compute_binaural_features,
     compute_echo_features,
 )
@@ -129,8 +131,26 @@ def test_binaural_shards_round_trip(binaural: tuple[Path, pd.DataFrame], tmp_pat
         "sample_id", "room_id", "azimuth_deg", "elevation_deg", "distance_m", "pixel_x", "pixel_y"
     ]  # fmt: skip
     assert sorted(p.name for p in (out / "val").iterdir()) == [
-        "depth.npy", "frame.npy", "index.parquet", "mel.npy", "meta.json", "stft.npy"
+        "depth.npy", "frame.npy", "index.parquet", "mel.npy", "meta.json", "positions.npy", "stft.npy"
     ]  # fmt: skip
+    # a manifest without a `sources` column has no positions: every row absent
+    assert arrays["positions"].shape == (2, 4, 3) and not arrays["positions"].any()
+
+
+def test_source_positions_are_fractions_of_the_original_frame(
+    binaural: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    raw, manifest = binaural
+    width, height = Image.open(raw / manifest["frame_path"].iloc[0]).size
+    sources = [{"pixel_x": width / 4, "pixel_y": height / 2}, {"pixel_x": width, "pixel_y": 0.0}]
+    manifest = manifest.assign(sources=json.dumps(sources))
+    compute_binaural_features(manifest, raw, tmp_path / "features", CFG)
+    positions = ShardReader(tmp_path / "features" / "train").arrays()["positions"]
+    np.testing.assert_allclose(positions[0], [[0.25, 0.5, 1], [1, 0, 1], [0, 0, 0], [0, 0, 0]], atol=1e-6)
+    bad = manifest.assign(sources='[{"pixel_x": 3}]')  # no pixel_y
+    with pytest.raises(FeatureInputError, match="sources"):
+        compute_binaural_features(bad, raw, tmp_path / "bad", CFG)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_binaural_shards_do_not_depend_on_workers(binaural: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
