@@ -167,6 +167,29 @@ def binaural_examples(
     _save(fig, path)
 
 
+def ear_spectrograms(
+    path: Path, x: np.ndarray, sample_rate: int, title: str, vmax: float | None = None, n_fft: int = 512, hop: int = 128
+) -> float:
+    """The left and right spectrograms (dB) of one ``[2, n]`` signal side by side, showing the
+    ``_DB_RANGE`` dB below ``vmax`` (the signal's loudest bin when None). Returns that ``vmax``, so
+    that the signals of one scene can share a colour range."""
+    pair = _binaural_pair(title, "signal", x, n_fft)
+    dbs = [_stft_db(ear, n_fft, hop) for ear in pair]
+    vmax = max(float(db.max()) for db in dbs) if vmax is None else vmax
+    t0 = (n_fft - hop) / 2 / sample_rate
+    extent = (t0, t0 + dbs[0].shape[1] * hop / sample_rate, 0.0, sample_rate / 2000.0)
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.0), layout="constrained")
+    for ax, db, ear in zip(axes, dbs, ("left", "right"), strict=True):
+        im = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=vmax - _DB_RANGE, vmax=vmax, extent=extent)
+        ax.set_title(f"{title}: {ear}", fontsize=8)
+        ax.set_xlabel("s", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("kHz", fontsize=8)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="dB")
+    _save(fig, path)
+    return vmax
+
+
 def _grey(frame_hwc: np.ndarray) -> np.ndarray:
     """Luma (ITU-R BT.601) of an RGB [H, W, 3] image, 0..255."""
     return frame_hwc[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
