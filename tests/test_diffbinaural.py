@@ -45,6 +45,7 @@ TINY_MODEL = {
     "context_dim": 16,
     "visual": {"base_channels": 4},
     "token_grid": [2, 2],
+    "n_mels": N_MELS,
 }
 TINY_LOSS = {"timesteps": 50, "target": "residual"}
 SPLIT_SIZES = (("train", 6), ("val", 3), ("test", 5))
@@ -160,7 +161,10 @@ class Oracle(nn.Module):
         self.keys = [(c, s) for c in range(len(mel)) for s in self.starts]
         windows = torch.stack([norm[c, ..., s : s + WINDOW] for c, s in self.keys])
         self.monos = windows[:, :1]
-        self.targets = to_target(windows, scheduler.cfg).double()
+        # standardisation statistics as a trained model holds them (used by the residual target)
+        self.register_buffer("target_mean", torch.linspace(-0.1, 0.1, 2 * mel.shape[-2]).view(2, -1, 1))
+        self.register_buffer("target_std", torch.linspace(0.5, 1.5, 2 * mel.shape[-2]).view(2, -1, 1))
+        self.targets = to_target(windows, self, scheduler.cfg).double()
         self.seen: list[tuple[int, int]] = []
 
     def encode(self, image, positions):

@@ -90,6 +90,9 @@ class SamplingConfig:
     steps: int = param(25, ge=1, doc="DDIM steps (DiffBinaural: 25)")
     eta: float = param(0.0, ge=0, le=1, doc="0: deterministic DDIM; 1: DDPM-like noise")
     guidance_scale: float = param(1.0, ge=0, doc="classifier-free guidance; 1 = the conditional model alone")
+    temperature: float = param(
+        1.0, ge=0, le=1, doc="the sampler's noise is scaled by this; below 1 draws closer to the conditional mean"
+    )
     window_batch: int = param(64, ge=1, doc="windows per forward pass (of any clips)")
     shard_size: int = param(64, ge=1, doc="clips per output shard (a killed run resumes at a shard)")
     seed: int = param(0, ge=0)
@@ -105,19 +108,33 @@ def denormalize_mel(x: Tensor) -> Tensor:
     return (x.clamp(-1, 1) + 1) / 2 * (MEL_MAX - MEL_MIN) + MEL_MIN
 
 
-def to_target(windows: Tensor, cfg: DiffusionConfig) -> Tensor:
+def _network(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # the network under DistributedDataParallel
+
+
+def to_target(windows: Tensor, model: nn.Module, cfg: DiffusionConfig) -> Tensor:
     """What the model diffuses, from normalised [mono, L, R] windows ``[B, 3, F, W]``: L / R, or their
-    scaled difference from mono (``cfg.target``)."""
+    difference from mono standardised per ear and band with the model's training statistics (``cfg.target``)."""
     if cfg.target == "residual":
-        return (windows[:, 1:] - windows[:, :1]) * cfg.residual_scale
+        net = _network(model)
+        return (windows[:, 1:] - windows[:, :1] - net.target_mean) / net.target_std
     return windows[:, 1:]
 
 
-def from_target(x: Tensor, mono: Tensor, cfg: DiffusionConfig) -> Tensor:
+def from_target(x: Tensor, mono: Tensor, model: nn.Module, cfg: DiffusionConfig) -> Tensor:
     """Normalised L / R windows from a sample ``x [B, 2, F, W]`` and the normalised ``mono [B, 1, F, W]``."""
     if cfg.target == "residual":
-        return (mono + x / cfg.residual_scale).clamp(-1, 1)
+        net = _network(model)
+        return (mono + x * net.target_std + net.target_mean).clamp(-1, 1)
     return x
+
+
+def residual_statistics(mel: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation ``[2, F, 1]`` over clips and frames of the normalised L / R minus the
+    normalised mono of ``mel [N, 3, F, T]`` (the training split)."""
+    windows = normalize_mel(torch.from_numpy(np.array(mel, dtype=np.float32)))
+    residual = (windows[:, 1:] - windows[:, :1]).double()
+    return residual.mean((0, 3))[..., None].float(), residual.std((0, 3))[..., None].clamp(min=1e-3).float()
 
 
 def clip_seed(seed: int, sample_id: str) -> int:
@@ -147,7 +164,7 @@ class DiffusionTask:
         check_window(mel.shape[-1], "the training clips")
         offsets = torch.randint(0, mel.shape[-1] - WINDOW + 1, (mel.shape[0],)).tolist()
         windows = normalize_mel(torch.stack([m[..., o : o + WINDOW] for m, o in zip(mel, offsets, strict=True)]))
-        x0, mono = to_target(windows, self.scheduler.cfg), windows[:, :1]
+        x0, mono = to_target(windows, model, self.scheduler.cfg), windows[:, :1]
         context = self.context(model, batch["frame"], batch["positions"])
         keep = (torch.rand(len(mel), device=mel.device) >= self.scheduler.cfg.cond_drop).to(context.dtype)
         context = context * keep[:, None, None]
@@ -171,7 +188,7 @@ class DiffusionTask:
             t = torch.randint(0, self.scheduler.num_train_timesteps, (len(mel),), generator=gen).to(device)
             noise = torch.randn(windows[:, 1:].shape, generator=gen).to(device)
             context = self.context(model, batch["frame"].to(device), batch["positions"].to(device))
-            x0 = to_target(windows, self.scheduler.cfg)
+            x0 = to_target(windows, model, self.scheduler.cfg)
             pred = model(self.scheduler.add_noise(x0, noise, t), t, windows[:, :1], context)
             total += self.scheduler.loss(pred, noise).item() * len(mel)
             n += len(mel)
@@ -232,8 +249,8 @@ def _clip_noise(
     sample_id: str, n_windows: int, shape: tuple[int, ...], cfg: SamplingConfig
 ) -> tuple[Tensor, Tensor | None]:
     gen = torch.Generator().manual_seed(clip_seed(cfg.seed, sample_id))
-    noise = torch.randn((n_windows, *shape), generator=gen)
-    step_noise = torch.randn((cfg.steps, n_windows, *shape), generator=gen) if cfg.eta > 0 else None
+    noise = torch.randn((n_windows, *shape), generator=gen) * cfg.temperature
+    step_noise = torch.randn((cfg.steps, n_windows, *shape), generator=gen) * cfg.temperature if cfg.eta > 0 else None
     return noise, step_noise
 
 
@@ -278,7 +295,7 @@ def generate_clips(
         step_noise = None
         if cfg.eta > 0:
             step_noise = torch.stack([noises[c][1][:, s] for c, s in part], dim=1).to(device)
-        x = from_target(sample_windows(model, scheduler, m, ctx, noise, cfg, step_noise), m, scheduler.cfg)
+        x = from_target(sample_windows(model, scheduler, m, ctx, noise, cfg, step_noise), m, model, scheduler.cfg)
         for (c, s), w in zip(part, x.float().cpu(), strict=True):
             out[c, s] = w
     model.train(was_training)
@@ -308,9 +325,13 @@ def train_diffusion(
             f"{train_dir}: {mel_shape[1]} mel bins; {REGISTRY.where(name)}.model.dim_mults needs a multiple of "
             f"{cfg.size_multiple}"
         )
+    if mel_shape[1] != cfg.n_mels:
+        raise DiffusionInputError(f"{train_dir}: {mel_shape[1]} mel bins; {REGISTRY.where(name)}.model.n_mels is {cfg.n_mels}")
     seed_everything(p.train.seed)
     model = REGISTRY.build_model(name, p.model)
     scheduler = REGISTRY.build_loss(name, p.loss, p.train.epochs)
+    if scheduler.cfg.target == "residual":
+        model.target_mean, model.target_std = residual_statistics(ShardReader(train_dir).open("mel"))
     val_sampling = SamplingConfig(steps=min(10, scheduler.num_train_timesteps))
     task = DiffusionTask(scheduler, val_sampling, p.figure_every, p.train.epochs)
     card = {

@@ -32,9 +32,8 @@ class DiffusionConfig:
     target: str = param(
         "binaural",
         choices=("binaural", "residual"),
-        doc="what is diffused: the L / R mels (DiffBinaural) or their difference from the mono mel",
+        doc="what is diffused: the L / R mels (DiffBinaural) or their difference from the mono mel, standardised",
     )
-    residual_scale: float = param(4.0, gt=0, doc="the residual target is multiplied by this (unit-scale data)")
 
 
 def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:

@@ -15,6 +15,8 @@ sources' pixel positions). Layout, after Okano et al. 2025 (a ``denoising-diffus
 
 Cross-attention (``heads`` x ``dim_head``) is pre-normalised and residual; a batch row whose
 condition is dropped (classifier-free guidance) attends to zero tokens: no condition, only the output bias.
+With ``global_condition`` (not in DiffBinaural) the mean token also shifts the time embedding, so every
+ResNet block sees the scene's summary (where the sources are) directly, not only through attention.
 The mel frequency and time sizes must be divisible by ``2 ** (len(dim_mults) - 1)``.
 """
 
@@ -45,6 +47,10 @@ class DiffBinauralConfig:
     visual: VisualConfig = field(default_factory=lambda: VisualConfig(base_channels=16))
     token_grid: tuple[int, int] = param((4, 4), ge=1, doc="the ResNet feature map is pooled to this many tokens")
     use_positions: bool = param(True, doc="add the encoding of the sources' pixel positions to the tokens")
+    n_mels: int = param(80, ge=8, doc="mel bins of the windows (the features' n_mels)")
+    global_condition: bool = param(
+        False, doc="also add the mean visual token, through an MLP, to the time embedding of every ResNet block"
+    )
 
     def validate(self, where: str) -> None:
         if not self.dim_mults:
@@ -132,6 +138,11 @@ class DiffBinaural(nn.Module):
         self.visual = ResNet18Encoder(cfg.visual, where="visual")
         self.to_tokens = nn.Linear(self.visual.out_channels, cfg.context_dim)
         self.time_mlp = nn.Sequential(nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+        self.condition_mlp = (
+            nn.Sequential(nn.Linear(cfg.context_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+            if cfg.global_condition
+            else None
+        )
         self.init_conv = nn.Conv2d(MEL_CHANNELS + 1, dim, 7, padding=3)
         self.downs = nn.ModuleList()
         c = dim
@@ -156,6 +167,9 @@ class DiffBinaural(nn.Module):
             c = prev
         self.final_block = ResnetBlock(2 * dim, dim, time_dim, cfg.groups)
         self.final_conv = nn.Conv2d(dim, MEL_CHANNELS, 1)
+        # per ear and band statistics of what is diffused, set from the training split (loss.target: residual)
+        self.register_buffer("target_mean", torch.zeros(MEL_CHANNELS, cfg.n_mels, 1))
+        self.register_buffer("target_std", torch.ones(MEL_CHANNELS, cfg.n_mels, 1))
 
     def _level(self, c_in: int, width: int, time_dim: int, resample: nn.Module, skip: int = 0) -> nn.ModuleDict:
         g = self.cfg.groups
@@ -191,6 +205,8 @@ class DiffBinaural(nn.Module):
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"mel windows of {tuple(x.shape[-2:])} (bins, frames): both must be multiples of {m}")
         t_emb = self.time_embedding(t)
+        if self.condition_mlp is not None:
+            t_emb = t_emb + self.condition_mlp(context.mean(1))
         h = self.init_conv(torch.cat((x, mono), dim=1))
         first = h
         skips = []
