@@ -17,7 +17,8 @@ from binaural_lab.stage import entry, load_params, section
 def main(family: str, name: str, variant: Annotated[list[str] | None, typer.Option()] = None) -> None:
     params = load_params()
     fam = get_family(family)
-    run, _ = fam.registry.variant(name, variant or [], section(params, fam.registry.where(name)))
+    # a name without variants may be a method another stage rendered (vocode), not a registry model
+    run = fam.registry.variant(name, variant, section(params, fam.registry.where(name)))[0] if variant else name
     with tracking.stage_run(family, f"evaluate_{family}@{run}", {"model": run, "split": "test"}):
         out = fam.evaluate(params, run, model_dir(family, run) / "model.pt", report_dir(family, run))
         tracking.log_outputs(out)

@@ -25,6 +25,7 @@ dataset's rate.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -530,9 +531,33 @@ class BinauralFamily:
         return {"metrics": flat, "files": files}
 
     def evaluate(self, params: Mapping[str, Any], name: str, model_file: Path, out_dir: Path) -> dict[str, Any]:
-        """WAVs of every split, both conventions' test metrics, figures; returns the metrics and files."""
+        """WAVs of every split, both conventions' test metrics, figures; returns the metrics and files.
+
+        A ``name`` that is not a model of the registry is a method whose test WAVs another stage
+        rendered (``vocode``): ``outputs/binaural/<name>/test/`` with its ``card.json``, scored as they are.
+        """
+        if name not in REGISTRY.names:
+            return self._score_rendered(params, name, out_dir)
         model, task, card = load_model(model_file, pick_device("auto"))
         return self._finish(params, name, model, task, out_dir, card["n_parameters"], card["train_seconds"])
+
+    def _score_rendered(self, params: Mapping[str, Any], name: str, out_dir: Path) -> dict[str, Any]:
+        data = dataset(params, self.dataset_slot)
+        root = output_dir("binaural", name)
+        if not (root / "card.json").is_file():
+            raise BinauralizeError(
+                f"{name!r} is neither a model of {REGISTRY.params_key} ({REGISTRY.names}) nor a method rendered by "
+                f"another stage ({root / 'card.json'} is missing; run vocode)"
+            )
+        card = json.loads((root / "card.json").read_text())
+        manifest = load_manifest(data.prepared / "manifest.parquet").set_index("sample_id")
+        ids = ShardReader(data.features / "test").index()["sample_id"]
+        pairs = [(root / "test" / f"{sid}.wav", data.raw / manifest.at[sid, "binaural_path"]) for sid in ids]
+        scores = {conv: score_files(pairs, conv, progress=True) for conv in CONVENTIONS}
+        flat, files = report(name, scores, out_dir, card["n_parameters"], card["train_seconds"])
+        n_wavs = binauralize_config(params).example_wavs
+        files += [pairs[i][0] for i in example_indices(len(pairs), n_wavs)] if n_wavs else []
+        return {"metrics": flat, "files": files}
 
     def baseline(self, params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         """The mono copy in both ears, rendered and scored as the learned methods are."""

@@ -32,6 +32,7 @@ FAMILIES = {
     "depth": "binaural_lab.depth:FAMILY",
     "binaural": "binaural_lab.binaural:FAMILY",
     "diffusion": "binaural_lab.diffbinaural:FAMILY",
+    "vocoder": "binaural_lab.vocoder:FAMILY",
 }
 
 
