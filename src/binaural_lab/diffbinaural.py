@@ -326,7 +326,9 @@ def train_diffusion(
             f"{cfg.size_multiple}"
         )
     if mel_shape[1] != cfg.n_mels:
-        raise DiffusionInputError(f"{train_dir}: {mel_shape[1]} mel bins; {REGISTRY.where(name)}.model.n_mels is {cfg.n_mels}")
+        raise DiffusionInputError(
+            f"{train_dir}: {mel_shape[1]} mel bins; {REGISTRY.where(name)}.model.n_mels is {cfg.n_mels}"
+        )
     seed_everything(p.train.seed)
     model = REGISTRY.build_model(name, p.model)
     scheduler = REGISTRY.build_loss(name, p.loss, p.train.epochs)
