@@ -40,6 +40,8 @@ def main(family: str, name: str, variant: Annotated[list[str] | None, typer.Opti
             return
         for figure in sorted(figures.glob("*.png")):
             tracking.log_artifact(figure, "figures/training")
+        for example in sorted(figures.glob("*.wav")):  # audio examples of the generative families
+            tracking.log_artifact(example, "examples/training")
         card = {**card, "train_seconds": result.seconds, "resumed_from_step": result.resumed_from_step}
         save_model(out / "model.pt", result.model, card, result.history)
         tracking.log_model_state(result.model.state_dict(), card)

@@ -1,4 +1,4 @@
-"""Shared fixtures: every test that tracks writes to a temporary MLflow sqlite store."""
+"""Shared fixtures: every test that tracks writes to a temporary MLflow sqlite store; tiny models run on one thread."""
 
 import pytest
 
@@ -15,3 +15,14 @@ def mlflow_store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest on a shared 2-core machine (``pytestmark`` of a module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -50,15 +50,7 @@ TINY_MODEL = {
 TINY_LOSS = {"timesteps": 50, "target": "residual"}
 SPLIT_SIZES = (("train", 6), ("val", 3), ("test", 5))
 AZIMUTHS = [-35.0, 5.0, 20.0, 21.0, -20.5, 0.0]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_params(epochs: int = 1, batch_size: int = 4, figure_every: int = 0):
@@ -188,7 +180,7 @@ class Oracle(nn.Module):
         return ((x.double() - ab.sqrt() * self.targets[best]) / (1 - ab).sqrt()).float()
 
 
-@pytest.mark.parametrize("target", ["binaural", "residual"])
+@pytest.mark.parametrize("target", ["binaural", "residual", "mid_side"])
 @pytest.mark.parametrize("n_frames", [150, 213, 80, 50])
 def test_an_oracle_network_reproduces_every_frame_of_the_clips(target, n_frames):
     scheduler = REGISTRY.build_loss("diffbinaural", {"timesteps": 100, "target": target}, epochs=1)

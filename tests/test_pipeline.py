@@ -28,14 +28,17 @@ pytestmark = pytest.mark.slow
 SPLITS = ("train", "val", "test")
 CONVENTIONS = ("gao", "diffbinaural")
 MODALITIES = [f"{image}-{depth}" for image in ("image", "no_image") for depth in ("depth", "no_depth")]
-BINAURAL_METHODS = ("mono", "mono2binaural", *(f"depth_infused-{m}" for m in MODALITIES))
+VOCODED = ("vocoder_truth", "diffbinaural_pretrained", "diffbinaural", "griffin_lim")  # test split only
+BINAURAL_METHODS = ("mono", "mono2binaural", *(f"depth_infused-{m}" for m in MODALITIES), *VOCODED)
 BINAURAL_STAGES = {
     "train_binaural@mono2binaural",
     "evaluate_binaural@mono2binaural",
     *(f"{verb}_depth_infused@{m}" for verb in ("train", "evaluate") for m in MODALITIES),
+    *(f"evaluate_vocoded@{m}" for m in VOCODED),
     "baseline_binaural",
     "compare_binaural",
 }
+AFTER_STAGE1 = {"vocode", *(f"evaluate_vocoded@{m}" for m in VOCODED), "compare_binaural", "listen_binaural"}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -127,8 +130,9 @@ def test_repro_writes_binaural_wavs_metrics_comparison_and_runs(project):
     lengths = manifest(project)["num_samples"]
     test_ids = split_ids(project, "test")
     for method in BINAURAL_METHODS:
-        assert sorted(p.name for p in (project / "outputs/binaural" / method).iterdir()) == sorted(SPLITS)
-        for split in SPLITS:
+        splits = ("test",) if method in VOCODED else SPLITS
+        assert sorted(p.name for p in (project / "outputs/binaural" / method).iterdir() if p.is_dir()) == sorted(splits)
+        for split in splits:
             folder = project / "outputs/binaural" / method / split
             ids = split_ids(project, split)
             assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.wav" for i in ids)
@@ -201,12 +205,64 @@ def test_a_sampling_param_reruns_generation_and_evaluation_not_training(project)
     model = (project / "models/diffusion/diffbinaural/model.pt").read_bytes()
     before = np.load(project / "outputs/mels/synthetic-binaural/test/mel-00000.npy")
     out = run(["dvc", "exp", "run", "-S", "generate_mels.guidance_scale=2.0"], project).stdout
-    assert ran_stages(out) == {"generate_mels", "evaluate_mels"}
+    # the vocoder's fine-tune learns from the generated mels: it reruns; neither training before it does
+    assert ran_stages(out) == {"generate_mels", "evaluate_mels", "finetune_vocoder", *AFTER_STAGE1}
     assert (project / "models/diffusion/diffbinaural/model.pt").read_bytes() == model
     after = np.load(project / "outputs/mels/synthetic-binaural/test/mel-00000.npy")
     assert after.shape == before.shape and not np.array_equal(after, before)
     meta = json.loads((project / "outputs/mels/synthetic-binaural/test/meta.json").read_text())
     assert meta["sampling"]["guidance_scale"] == 2.0
+
+
+def test_repro_trains_the_vocoder_and_vocodes_the_test_split(project):
+    history = pd.read_csv(project / "reports/vocoder/bigvgan/history.csv")
+    assert {"val_mel_l1", "train_d_loss", "train_g_loss", "train_mel"} <= set(history.columns)
+    assert np.isfinite(history["val_mel_l1"]).all()
+    tuned = pd.read_csv(project / "reports/vocoder/bigvgan_finetuned/history.csv")
+    schedule = yaml.safe_load((project / "params.yaml").read_text())["vocoder_models"]["bigvgan_finetuned"]
+    assert schedule["loss"]["feed_generated"] == [[0, 0.0], [1, 1.0]]
+    assert tuned["train_feed_probability"].tolist() == [0.0, 1.0]  # logged per epoch
+    assert np.isfinite(tuned["val_mel_l1_generated"]).all()
+    for name in ("bigvgan", "bigvgan_finetuned"):
+        assert (project / "models/vocoder" / name / "discriminator.pt").is_file()
+    lengths = manifest(project)["num_samples"]
+    for method in VOCODED:
+        card = json.loads((project / "outputs/binaural" / method / "card.json").read_text())
+        assert card["method"] == method and (card["n_parameters"] > 0) == (method != "griffin_lim")
+        for sample_id in split_ids(project, "test"):
+            audio, sr = sf.read(project / "outputs/binaural" / method / "test" / f"{sample_id}.wav", always_2d=True)
+            assert sr == 22050 and audio.shape[1] == 2 and np.isfinite(audio).all()
+            assert audio.shape[0] == lengths[sample_id] // 256 * 256  # whole mel frames
+        assert (project / "reports/vocoder/vocode" / f"{method}_examples.png").stat().st_size > 1000
+    page = (project / "reports/binaural/listen.html").read_text()
+    assert all(f"{m}" in page for m in BINAURAL_METHODS)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["binaural-lab/vocoder"])
+    stages = {"train_vocoder@bigvgan", "train_vocoder@bigvgan_finetuned", "vocode"}
+    assert stages <= set(runs["tags.dvc_stage"]) and set(runs["status"]) == {"FINISHED"}
+    tune = runs[runs["tags.dvc_stage"] == "train_vocoder@bigvgan_finetuned"].iloc[0]
+    feed = mlflow.MlflowClient().get_metric_history(tune["run_id"], "train_feed_probability")
+    assert [m.value for m in sorted(feed, key=lambda m: m.step)] == [0.0, 1.0]
+
+
+def test_a_schedule_change_reruns_the_fine_tune_vocode_and_evaluation_only(project):
+    commit(project, "before the schedule experiment")
+    pretrained = (project / "models/vocoder/bigvgan/model.pt").read_bytes()
+    out = run(
+        ["dvc", "exp", "run", "-S", "vocoder_models.bigvgan_finetuned.loss.feed_generated=[[0,0.5],[1,1.0]]"], project
+    )
+    assert ran_stages(out.stdout) == {"finetune_vocoder", *AFTER_STAGE1}
+    assert (project / "models/vocoder/bigvgan/model.pt").read_bytes() == pretrained
+    tuned = pd.read_csv(project / "reports/vocoder/bigvgan_finetuned/history.csv")
+    assert tuned["train_feed_probability"].tolist() == [0.5, 1.0]
+
+
+def test_tune_vocoder_studies_the_loss_lambdas(project):
+    out = run(["blab", "tune", "vocoder", "bigvgan", "--n-trials", "2"], project).stdout
+    assert "study vocoder-bigvgan: 2 trials" in out
+    best = yaml.safe_load((project / "tuning/vocoder-bigvgan/best_params.yaml").read_text())
+    assert set(best["params"]) == {"loss.lambda_mel", "loss.lambda_fm", "loss.silence_weight", "loss.silence_threshold"}
+    assert math.isfinite(best["value"])
 
 
 def test_tune_diffusion_studies_sampling_on_the_trained_model(project):

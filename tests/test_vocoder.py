@@ -31,20 +31,12 @@ from binaural_lab.vocoder import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 DIFFBINAURAL_SCHEDULE = [[10, 0.0], [30, 0.5], [60, 0.9], [61, 1.0]]
 
 
 class Interrupted(Exception):
     pass
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -536,7 +536,7 @@ class BinauralFamily:
         A ``name`` that is not a model of the registry is a method whose test WAVs another stage
         rendered (``vocode``): ``outputs/binaural/<name>/test/`` with its ``card.json``, scored as they are.
         """
-        if name not in REGISTRY.names:
+        if name.split("-")[0] not in REGISTRY.names:  # not a model nor one of its variants (model-flag-...)
             return self._score_rendered(params, name, out_dir)
         model, task, card = load_model(model_file, pick_device("auto"))
         return self._finish(params, name, model, task, out_dir, card["n_parameters"], card["train_seconds"])

@@ -112,28 +112,40 @@ def _network(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # the network under DistributedDataParallel
 
 
+def _residual(windows: Tensor, cfg: DiffusionConfig) -> Tensor:
+    """The unstandardised residual target of normalised [mono, L, R] windows: L / R minus mono, or
+    mid (the ears' mean minus mono) and side (half L - R)."""
+    mono, left, right = windows[:, :1], windows[:, 1:2], windows[:, 2:3]
+    if cfg.target == "mid_side":
+        return torch.cat(((left + right) / 2 - mono, (left - right) / 2), dim=1)
+    return windows[:, 1:] - mono
+
+
 def to_target(windows: Tensor, model: nn.Module, cfg: DiffusionConfig) -> Tensor:
     """What the model diffuses, from normalised [mono, L, R] windows ``[B, 3, F, W]``: L / R, or their
-    difference from mono standardised per ear and band with the model's training statistics (``cfg.target``)."""
-    if cfg.target == "residual":
-        net = _network(model)
-        return (windows[:, 1:] - windows[:, :1] - net.target_mean) / net.target_std
-    return windows[:, 1:]
+    difference from mono (``residual``, ``mid_side``) standardised per channel and band with the model's
+    training statistics (``cfg.target``)."""
+    if cfg.target == "binaural":
+        return windows[:, 1:]
+    net = _network(model)
+    return (_residual(windows, cfg) - net.target_mean) / net.target_std
 
 
 def from_target(x: Tensor, mono: Tensor, model: nn.Module, cfg: DiffusionConfig) -> Tensor:
     """Normalised L / R windows from a sample ``x [B, 2, F, W]`` and the normalised ``mono [B, 1, F, W]``."""
-    if cfg.target == "residual":
-        net = _network(model)
-        return (mono + x * net.target_std + net.target_mean).clamp(-1, 1)
-    return x
+    if cfg.target == "binaural":
+        return x
+    net = _network(model)
+    r = x * net.target_std + net.target_mean
+    if cfg.target == "mid_side":
+        r = torch.cat((r[:, :1] + r[:, 1:], r[:, :1] - r[:, 1:]), dim=1)
+    return (mono + r).clamp(-1, 1)
 
 
-def residual_statistics(mel: np.ndarray) -> tuple[Tensor, Tensor]:
-    """Mean and standard deviation ``[2, F, 1]`` over clips and frames of the normalised L / R minus the
-    normalised mono of ``mel [N, 3, F, T]`` (the training split)."""
-    windows = normalize_mel(torch.from_numpy(np.array(mel, dtype=np.float32)))
-    residual = (windows[:, 1:] - windows[:, :1]).double()
+def residual_statistics(mel: np.ndarray, cfg: DiffusionConfig) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation ``[2, F, 1]`` over clips and frames of the residual target of the
+    log-mels ``mel [N, 3, F, T]`` of the training split."""
+    residual = _residual(normalize_mel(torch.from_numpy(np.array(mel, dtype=np.float32))), cfg).double()
     return residual.mean((0, 3))[..., None].float(), residual.std((0, 3))[..., None].clamp(min=1e-3).float()
 
 
@@ -332,8 +344,8 @@ def train_diffusion(
     seed_everything(p.train.seed)
     model = REGISTRY.build_model(name, p.model)
     scheduler = REGISTRY.build_loss(name, p.loss, p.train.epochs)
-    if scheduler.cfg.target == "residual":
-        model.target_mean, model.target_std = residual_statistics(ShardReader(train_dir).open("mel"))
+    if scheduler.cfg.target != "binaural":
+        model.target_mean, model.target_std = residual_statistics(ShardReader(train_dir).open("mel"), scheduler.cfg)
     val_sampling = SamplingConfig(steps=min(10, scheduler.num_train_timesteps))
     task = DiffusionTask(scheduler, val_sampling, p.figure_every, p.train.epochs)
     card = {

@@ -346,7 +346,7 @@ def train_vocoder(
             on_epoch_end(epoch, train_m, val_m, net)
         last = epoch + 1 == p.train.epochs
         if figure_dir is not None and (last or (p.figure_every and (epoch + 1) % p.figure_every == 0)):
-            save_figures(net, val_set, mel, figure_dir / f"epoch{epoch + 1:03d}_examples.png", p.figure_examples)
+            save_figures(net, val_set, mel, figure_dir / f"epoch{epoch + 1:03d}_", p.figure_examples)
 
     sources = [data.features / "train", data.features / "val", *generated.values()]
     if cfg.init_from:
@@ -361,32 +361,33 @@ def train_vocoder(
 
 
 @torch.no_grad()
-def save_figures(generator: nn.Module, clips: ClipSet, mel: MelConfig, path: Path, n_examples: int) -> Path:
-    """Ground-truth against resynthesised log-mels (L and R) of a few validation clips."""
+def save_figures(generator: nn.Module, clips: ClipSet, mel: MelConfig, stem: Path, n_examples: int) -> list[Path]:
+    """``<stem>examples.png``: ground-truth against vocoded log-mels (L and R) of a few validation clips, from
+    the mels the vocoder is trained on (the generated ones when given); and ``<stem><clip>.wav``, the audio."""
     was_training = generator.training
     generator.eval()
     n_clips = len(clips) // 2
-    examples = []
+    source_key = "generated" if "generated" in clips.arrays else "mel"
     device = next(generator.parameters()).device
+    examples, written = [], []
     for i in example_indices(n_clips, n_examples):
         truth = torch.stack([clips.arrays["mel"][i], clips.arrays["mel"][n_clips + i]])
-        source = (
-            torch.stack([clips.arrays["generated"][i], clips.arrays["generated"][n_clips + i]])
-            if ("generated" in clips.arrays)
-            else truth
-        )
-        resynth = mel_spectrogram(generator(source.to(device))[:, 0].float().cpu(), mel)
+        source = torch.stack([clips.arrays[source_key][i], clips.arrays[source_key][n_clips + i]])
+        wave = generator(source.to(device))[:, 0].float().cpu()
         examples.append(
             {
-                "name": f"val clip {i}",
+                "name": f"val clip {i}, from {'stage-1' if source_key == 'generated' else 'true'} mels",
                 "mono": source.mean(0).numpy(),
                 "truth": truth.numpy(),
-                "generated": resynth.numpy(),
+                "generated": mel_spectrogram(wave, mel).numpy(),
             }
         )
+        written.append(stem.parent / f"{stem.name}clip{i}.wav")
+        write_audio(written[-1], wave.clamp(-1, 1).numpy(), mel.sample_rate)
     generator.train(was_training)
-    plots.mel_examples(path, examples)
-    return path
+    written.insert(0, stem.parent / f"{stem.name}examples.png")
+    plots.mel_examples(written[0], examples)
+    return written
 
 
 def load_generator(path: Path, device: torch.device | None = None) -> tuple[BigVGAN, dict[str, Any]]:

@@ -31,8 +31,9 @@ class DiffusionConfig:
     clip_sample: bool = param(True, doc="clamp the predicted clean sample to [-1, 1] while sampling")
     target: str = param(
         "binaural",
-        choices=("binaural", "residual"),
-        doc="what is diffused: the L / R mels (DiffBinaural) or their difference from the mono mel, standardised",
+        choices=("binaural", "residual", "mid_side"),
+        doc="what is diffused: the L / R mels (DiffBinaural), their difference from the mono mel, or the ears' "
+        "mean minus mono and half their difference; both residuals standardised per channel and band",
     )
 
 

@@ -1,7 +1,8 @@
 """Binaural scenes: static sources in a shoebox room heard at two ears and seen by a head camera.
 
 Per scene, 1..N sources are placed inside the camera's horizontal field of view (with a margin) and
-inside the room, each with a class drawn from the configured ones and a random level (0 to -6 dB).
+inside the room, each with a class drawn from the configured ones and a random level (0 to -6 dB); the
+sources are listed loudest first (energy at the two ears), so the first is the scene's main source.
 Each source signal is convolved with its binaural room impulse response; the signal
 starts one IR length before the clip, so the clip holds steady-state reverberation from its first
 sample. The scene is scaled by one peak gain (interaural level differences are kept) and the mono
@@ -76,12 +77,16 @@ def render_binaural_scene(cfg: BinauralSceneConfig, seed: int, out_dir: Path, ta
 
     head = make_head(cfg.head)
     n, n_ir = cfg.num_samples, max(1, round(cfg.ir_seconds * cfg.sample_rate))
-    binaural = np.zeros((2, n))
+    heard = []  # each source's binaural signal
     for sphere, kind in zip(spheres, kinds, strict=True):
         level = 10 ** (rng.uniform(*LEVEL_RANGE_DB) / 20)
         signal = level * source_signal(kind, rng, cfg.sample_rate, n + n_ir)
         ir = room_impulse_response(room, sphere.centre, pose, head, cfg.room.max_order, cfg.sample_rate, n_ir)
-        binaural += fftconvolve(signal[None], ir, axes=-1)[:, n_ir : n_ir + n]
+        heard.append(fftconvolve(signal[None], ir, axes=-1)[:, n_ir : n_ir + n])
+    # the main source (first in the metadata) is the one with the most energy at the ears
+    order = sorted(range(count), key=lambda i: -float(np.square(heard[i]).sum()))
+    spheres, kinds = [spheres[i] for i in order], [kinds[i] for i in order]
+    binaural = np.sum(heard, axis=0)
     binaural *= PEAK / max(float(np.abs(binaural).max()), 1e-12)
 
     rays = pose.to_world(camera.rays())
