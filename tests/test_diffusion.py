@@ -20,20 +20,20 @@ diffusers = pytest.importorskip("diffusers")
 torchvision = pytest.importorskip("torchvision")
 
 
-def reference_scheduler(clip_sample: bool = True):
+def reference_scheduler(clip_sample: bool = True, prediction: str = "epsilon", spacing: str = "leading"):
     return diffusers.DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon",
+        prediction_type=prediction,
         clip_sample=clip_sample,
         set_alpha_to_one=True,
-        timestep_spacing="leading",
+        timestep_spacing=spacing,
         steps_offset=0,
     )
 
 
-def ours(clip_sample: bool = True, loss: str = "l1") -> DDIMScheduler:
-    return DDIMScheduler(DiffusionConfig(timesteps=1000, clip_sample=clip_sample, loss=loss))
+def ours(clip_sample: bool = True, loss: str = "l1", prediction: str = "epsilon") -> DDIMScheduler:
+    return DDIMScheduler(DiffusionConfig(timesteps=1000, clip_sample=clip_sample, loss=loss, prediction=prediction))
 
 
 # --- schedule and sampler vs diffusers --------------------------------------------------------------------
@@ -45,11 +45,18 @@ def test_schedule_and_timesteps_match_diffusers():
     torch.testing.assert_close(mine.betas.double(), ref.betas.double(), atol=1e-6, rtol=0)
     torch.testing.assert_close(mine.alphas_cumprod.double(), ref.alphas_cumprod.double(), atol=1e-6, rtol=0)
     assert (mine.betas == 0.999).any(), "the last beta is capped by max_beta, as in diffusers"
-    for n in (10, 25, 50):
+    for n in (7, 10, 25, 50):
         mine.set_timesteps(n)
         ref.set_timesteps(n)
         assert mine.timesteps.tolist() == ref.timesteps.tolist(), n
         assert len(mine.timesteps) == n and mine.timesteps[-1] == 0
+        trailing = reference_scheduler(spacing="trailing")
+        trailing.set_timesteps(n)
+        mine.set_timesteps(n, "trailing")
+        assert mine.timesteps.tolist() == trailing.timesteps.tolist(), n
+        assert mine.timesteps[0] == 999, "trailing spacing starts at the last training step"
+    with pytest.raises(ParamError, match="spacing"):
+        mine.set_timesteps(10, "middle")
 
 
 def fake_eps(sample: torch.Tensor, t: int) -> torch.Tensor:
@@ -57,9 +64,11 @@ def fake_eps(sample: torch.Tensor, t: int) -> torch.Tensor:
     return 0.3 * sample + 0.1 * math.sin(t)
 
 
-def trajectories(eta: float, clip_sample: bool, steps: int = 10) -> tuple[list, list]:
-    mine, ref = ours(clip_sample), reference_scheduler(clip_sample)
-    mine.set_timesteps(steps)
+def trajectories(
+    eta: float, clip_sample: bool, steps: int = 10, prediction: str = "epsilon", spacing: str = "leading"
+) -> tuple[list, list]:
+    mine, ref = ours(clip_sample, prediction=prediction), reference_scheduler(clip_sample, prediction, spacing)
+    mine.set_timesteps(steps, spacing)
     ref.set_timesteps(steps)
     gen = torch.Generator().manual_seed(3)
     x0 = 3.0 * torch.randn(2, 2, 8, 8, generator=gen)
@@ -74,10 +83,12 @@ def trajectories(eta: float, clip_sample: bool, steps: int = 10) -> tuple[list, 
     return out_a, out_b
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("clip_sample", [True, False])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_ddim_trajectory_matches_diffusers(eta, clip_sample):
-    mine, ref = trajectories(eta, clip_sample)
+def test_ddim_trajectory_matches_diffusers(eta, clip_sample, prediction, spacing):
+    mine, ref = trajectories(eta, clip_sample, 7, prediction, spacing)
     for i, (a, b) in enumerate(zip(mine, ref, strict=True)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, i=i: f"step {i}: {m}")
     assert torch.isfinite(mine[-1]).all()
@@ -115,6 +126,26 @@ def test_add_noise_matches_diffusers():
     # t = 0 is nearly clean, t = 999 nearly pure noise
     out = mine.add_noise(x0, noise, t)
     assert (out[0] - x0[0]).abs().max() < 0.05 and (out[-1] - noise[-1]).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_the_step_inverts(prediction):
+    # a network that outputs exactly its training target lets one step recover x0 and the noise
+    sched = ours(clip_sample=False, prediction=prediction)
+    gen = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(3, 2, 4, 4, generator=gen), torch.randn(3, 2, 4, 4, generator=gen)
+    t = torch.tensor([999, 500, 20])
+    target = sched.training_target(x0, noise, t)
+    xt = sched.add_noise(x0, noise, t)
+    ref = reference_scheduler(False, prediction)
+    if prediction == "v_prediction":
+        torch.testing.assert_close(target, ref.get_velocity(x0, noise, t), atol=1e-6, rtol=1e-6)
+    sched.set_timesteps(1000)  # step ratio 1: from t to t - 1
+    for i, step in enumerate(t.tolist()):
+        ab, ab_prev = sched.alphas_cumprod[step], sched.alphas_cumprod[step - 1]
+        expected = ab_prev.sqrt() * x0[i] + (1 - ab_prev).sqrt() * noise[i]
+        got = sched.step(target[i], step, xt[i])
+        torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4, msg=lambda m, i=i: f"{prediction} t={step}: {m}")
 
 
 def test_loss_l1_and_l2():
@@ -279,6 +310,32 @@ def test_encode_positions(tiny):
     # the encoding is added to every token alike, and depends on the position only (not on the image)
     shift = tok_left - plain
     torch.testing.assert_close(shift, shift[:1, :1].expand_as(shift), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_summary_token_reads_the_first_sources_in_order():
+    torch.manual_seed(0)
+    model = DiffBinaural(parse(DiffBinauralConfig, {**TINY, "global_condition": True, "max_sources": 2}, "m")).eval()
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    a, b, c = [0.2, 0.5, 1.0], [0.8, 0.3, 1.0], [0.5, 0.9, 1.0]
+    one = model.encode(image, torch.tensor([[a, b]]))
+    assert one.shape == (1, 5, 16), "four visual tokens and the summary token"
+    plain = DiffBinaural(parse(DiffBinauralConfig, TINY, "m"))
+    plain.load_state_dict(model.state_dict(), strict=False)
+    torch.testing.assert_close(one[:, :4], plain.eval().encode(image, torch.tensor([[a, b]])), atol=0, rtol=0)
+    # the listed order matters (the main source first); a third source beyond max_sources is not read
+    swapped = model.encode(image, torch.tensor([[b, a]]))
+    assert (swapped[:, 4] - one[:, 4]).abs().max() > 1e-3
+    torch.testing.assert_close(swapped[:, :4], one[:, :4], atol=1e-6, rtol=0)  # the summed encodings commute
+    three = model.encode(image, torch.tensor([[a, b, c]]))
+    shift = three[:, :4] - one[:, :4]
+    assert shift.abs().max() > 1e-3, "the summed encodings see every present source"
+    # ... but the position MLP does not: the summary moves only by the tokens' mean shift
+    torch.testing.assert_close(three[:, 4] - one[:, 4], shift.mean(1), atol=1e-5, rtol=0)
+    # padding: one source listed equals the same source with an absent second one
+    single = model.encode(image, torch.tensor([[a]]))
+    padded = model.encode(image, torch.tensor([[a, [0.0, 0.0, 0.0]]]))
+    torch.testing.assert_close(single, padded, atol=1e-6, rtol=0)
 
 
 @torch.no_grad()

@@ -45,7 +45,7 @@ from binaural_lab.config import UserError, param, parse, to_dict
 from binaural_lab.data.datasets import dataset
 from binaural_lab.data.manifest import SPLITS
 from binaural_lab.data.shards import ShardDataset, ShardReader
-from binaural_lab.diffusion import DDIMScheduler, DiffusionConfig, classifier_free_guidance
+from binaural_lab.diffusion import SPACINGS, DDIMScheduler, DiffusionConfig, classifier_free_guidance
 from binaural_lab.family import (
     ModelEntry,
     ModelParams,
@@ -88,6 +88,9 @@ class SamplingConfig:
     """How mels are drawn from a trained model (``generate_mels`` in params.yaml)."""
 
     steps: int = param(25, ge=1, doc="DDIM steps (DiffBinaural: 25)")
+    spacing: str = param(
+        "leading", choices=SPACINGS, doc="DDIM steps from 0 upwards (DiffBinaural) or down from the last step"
+    )
     eta: float = param(0.0, ge=0, le=1, doc="0: deterministic DDIM; 1: DDPM-like noise")
     guidance_scale: float = param(1.0, ge=0, doc="classifier-free guidance; 1 = the conditional model alone")
     temperature: float = param(
@@ -182,7 +185,8 @@ class DiffusionTask:
         context = context * keep[:, None, None]
         t = torch.randint(0, self.scheduler.num_train_timesteps, (len(mel),), device=mel.device)
         noise = torch.randn_like(x0)
-        loss = self.scheduler.loss(model(self.scheduler.add_noise(x0, noise, t), t, mono, context), noise)
+        output = model(self.scheduler.add_noise(x0, noise, t), t, mono, context)
+        loss = self.scheduler.loss(output, self.scheduler.training_target(x0, noise, t))
         return loss, {"loss": loss.item()}
 
     @torch.no_grad()
@@ -202,7 +206,7 @@ class DiffusionTask:
             context = self.context(model, batch["frame"].to(device), batch["positions"].to(device))
             x0 = to_target(windows, model, self.scheduler.cfg)
             pred = model(self.scheduler.add_noise(x0, noise, t), t, windows[:, :1], context)
-            total += self.scheduler.loss(pred, noise).item() * len(mel)
+            total += self.scheduler.loss(pred, self.scheduler.training_target(x0, noise, t)).item() * len(mel)
             n += len(mel)
             if sampled:
                 ids = [f"val{epoch}-{i}" for i in range(n - len(mel), n)]
@@ -242,7 +246,7 @@ def sample_windows(
     scale 1 runs the conditional one alone. ``step_noise [steps, N, 2, F, W]`` is the noise of
     ``eta > 0``.
     """
-    scheduler.set_timesteps(cfg.steps)
+    scheduler.set_timesteps(cfg.steps, cfg.spacing)
     x = noise
     guided = cfg.guidance_scale != 1.0
     both_mono = torch.cat((mono, mono)) if guided else mono

@@ -15,8 +15,10 @@ sources' pixel positions). Layout, after Okano et al. 2025 (a ``denoising-diffus
 
 Cross-attention (``heads`` x ``dim_head``) is pre-normalised and residual; a batch row whose
 condition is dropped (classifier-free guidance) attends to zero tokens: no condition, only the output bias.
-With ``global_condition`` (not in DiffBinaural) the mean token also shifts the time embedding, so every
-ResNet block sees the scene's summary (where the sources are) directly, not only through attention.
+With ``global_condition`` (not in DiffBinaural) one more token summarises the scene: the mean visual
+token plus an MLP of the first ``max_sources`` sources' centred (x, y, present), in their listed order
+(loudest first in the synthetic scenes). It joins the tokens and, through a second MLP, shifts the
+time embedding, so every ResNet block sees where the sources are directly, not only through attention.
 The mel frequency and time sizes must be divisible by ``2 ** (len(dim_mults) - 1)``.
 """
 
@@ -49,8 +51,9 @@ class DiffBinauralConfig:
     use_positions: bool = param(True, doc="add the encoding of the sources' pixel positions to the tokens")
     n_mels: int = param(80, ge=8, doc="mel bins of the windows (the features' n_mels)")
     global_condition: bool = param(
-        False, doc="also add the mean visual token, through an MLP, to the time embedding of every ResNet block"
+        False, doc="a summary token (mean token + MLP of the source positions) that also shifts the time embedding"
     )
+    max_sources: int = param(4, ge=1, doc="sources read by the summary token's position MLP (the first ones listed)")
 
     def validate(self, where: str) -> None:
         if not self.dim_mults:
@@ -138,11 +141,11 @@ class DiffBinaural(nn.Module):
         self.visual = ResNet18Encoder(cfg.visual, where="visual")
         self.to_tokens = nn.Linear(self.visual.out_channels, cfg.context_dim)
         self.time_mlp = nn.Sequential(nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
-        self.condition_mlp = (
-            nn.Sequential(nn.Linear(cfg.context_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
-            if cfg.global_condition
-            else None
-        )
+        self.position_mlp, self.condition_mlp = None, None
+        if cfg.global_condition:
+            c = cfg.context_dim
+            self.position_mlp = nn.Sequential(nn.Linear(3 * cfg.max_sources, c), nn.GELU(), nn.Linear(c, c))
+            self.condition_mlp = nn.Sequential(nn.Linear(c, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
         self.init_conv = nn.Conv2d(MEL_CHANNELS + 1, dim, 7, padding=3)
         self.downs = nn.ModuleList()
         c = dim
@@ -187,14 +190,29 @@ class DiffBinaural(nn.Module):
 
         ``positions [B, S, 3]`` holds each source's (x, y, present) with x and y in [0, 1] of the
         frame's width and height; the encodings of the present sources are summed and added to every
-        token (nothing is added for a dataset without positions: all ``present`` are 0).
+        token (nothing is added for a dataset without positions: all ``present`` are 0). With
+        ``global_condition`` the summary token comes last (one more token).
         """
         feat = F.adaptive_avg_pool2d(self.visual(image), tuple(self.cfg.token_grid))
         tokens = self.to_tokens(feat.flatten(2).transpose(1, 2))
-        if self.cfg.use_positions and positions is not None:
+        use = self.cfg.use_positions and positions is not None
+        if use:
             enc = position_encoding(positions[..., :2], self.cfg.context_dim) * positions[..., 2:3]
             tokens = tokens + enc.sum(1, keepdim=True).to(tokens.dtype)
-        return tokens
+        if self.position_mlp is None:
+            return tokens
+        summary = tokens.mean(1)
+        if use:
+            summary = summary + self.position_mlp(self._position_features(positions)).to(tokens.dtype)
+        return torch.cat((tokens, summary[:, None]), dim=1)
+
+    def _position_features(self, positions: Tensor) -> Tensor:
+        """``[B, 3 * max_sources]``: each of the first sources' (x, y) centred to [-1, 1] and its flag; zeros pad."""
+        k = self.cfg.max_sources
+        p = positions[:, :k].float()
+        p = F.pad(p, (0, 0, 0, k - p.shape[1]))
+        present = p[..., 2:3]
+        return torch.cat(((p[..., :2] * 2 - 1) * present, present), dim=-1).flatten(1)
 
     def time_embedding(self, t: Tensor) -> Tensor:
         return self.time_mlp(sinusoids(t.float(), self.cfg.dim))
@@ -206,7 +224,7 @@ class DiffBinaural(nn.Module):
             raise ValueError(f"mel windows of {tuple(x.shape[-2:])} (bins, frames): both must be multiples of {m}")
         t_emb = self.time_embedding(t)
         if self.condition_mlp is not None:
-            t_emb = t_emb + self.condition_mlp(context.mean(1))
+            t_emb = t_emb + self.condition_mlp(context[:, -1])
         h = self.init_conv(torch.cat((x, mono), dim=1))
         first = h
         skips = []
