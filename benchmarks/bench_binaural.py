@@ -221,18 +221,26 @@ def metrics_case(case: dict) -> dict:
 CASES = {"train": train_case, "infer": infer_case, "metrics": metrics_case}
 
 
-def spawn(case: dict) -> dict:
-    """Run one case in a fresh interpreter (its own peak memory and thread pools); its result dict."""
+def spawn(case: dict, script: str = __file__) -> dict:
+    """Run one case by ``script --one`` in a fresh interpreter (its own peak memory and thread pools) with
+    the case's thread count; its result dict. The other benchmarks pass their own file."""
     env = dict(os.environ)
     if case["threads"]:
         env.update({var: str(case["threads"]) for var in THREAD_VARS})
-    proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(case)], capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run([sys.executable, script, "--one", json.dumps(case)], capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
     return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][-300:]}
+
+
+def parse_names(values: list[str], known, flag: str) -> list[str]:
+    """``--flag a b`` and ``--flag a,b`` alike, in order, without repeats; a name not in ``known`` fails."""
+    names = [n for v in values for n in v.split(",") if n]
+    bad = sorted(set(names) - set(known))
+    if bad or not names:
+        raise SystemExit(f"{flag}: expected some of {', '.join(known)}, got {', '.join(values)}")
+    return list(dict.fromkeys(names))
 
 
 def print_parameter_counts(sizes: dict[str, dict], methods: list[str], out) -> None:

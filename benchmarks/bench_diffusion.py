@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +47,7 @@ from binaural_lab.diffbinaural import REGISTRY, DiffusionTask, SamplingConfig, g
 from binaural_lab.family import count_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package: its sibling script
-from bench_binaural import AUDIO_RATE, THREAD_VARS, _autocast, _failed, _peak, _rss_mib, _setup, _sync  # noqa: E402
+from bench_binaural import AUDIO_RATE, _autocast, _failed, _peak, _rss_mib, _setup, _sync, parse_names, spawn  # noqa: E402
 
 MODEL = "diffbinaural"
 SIZE_NAMES = ("default", "paper")
@@ -169,28 +167,6 @@ def generate_case(case: dict) -> dict:
 CASES = {"train": train_case, "generate": generate_case}
 
 
-def run_in_subprocess(case: dict) -> dict:
-    """One case in a fresh interpreter of this script with the case's thread count; its result dict."""
-    env = dict(os.environ)
-    env.update({var: str(case["threads"]) for var in THREAD_VARS if case["threads"]})
-    proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(case)], capture_output=True, text=True, env=env
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][-300:]}
-
-
-def parse_sizes(values: list[str]) -> list[str]:
-    """``--sizes default paper`` and ``--sizes default,paper`` alike; unknown names fail."""
-    names = [n for v in values for n in v.split(",") if n]
-    bad = sorted(set(names) - set(SIZE_NAMES))
-    if bad or not names:
-        raise SystemExit(f"--sizes: expected some of {', '.join(SIZE_NAMES)}, got {', '.join(values)}")
-    return list(dict.fromkeys(names))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["default"], help="default, paper (space or comma separated)")
@@ -222,7 +198,7 @@ def main() -> None:
         return device == "cpu" and size_name == "paper" and not args.full
 
     devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
-    sizes = {name: load_size(name) for name in parse_sizes(args.sizes)}
+    sizes = {name: load_size(name) for name in parse_names(args.sizes, SIZE_NAMES, "--sizes")}
     gpu = f", {torch.cuda.get_device_name()} (bf16 autocast)" if "cuda" in devices else ""
     print(f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} CPU threads{gpu}", file=out)
     if "cuda" in args.devices and "cuda" not in devices:
@@ -253,7 +229,7 @@ def main() -> None:
                 "warmup": warmup,
                 "steps": max(steps, 1),
             }
-            res = run_in_subprocess(case)
+            res = spawn(case, __file__)
             frame = "x".join(map(str, size["frame_size"]))
             head = f"{device:<6} {size_name:<8}"
             if "steps_per_s" in res:
@@ -295,7 +271,7 @@ def main() -> None:
                 "guidance": args.guidance,
                 "runs": max(args.runs, 1),
             }
-            res = run_in_subprocess(case)
+            res = spawn(case, __file__)
             if "rtf" in res:
                 row = (
                     f"{head} {res['windows']:>7} {res['forward_batch']:>5} {res['seconds']:9.2f} {res['rtf']:8.3f} "

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -49,7 +48,7 @@ from binaural_lab.family import count_parameters
 from binaural_lab.models.bigvgan import NAMED_CONFIGS, BigVGAN, named_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package: its sibling script
-from bench_binaural import AUDIO_RATE, THREAD_VARS, _failed, _sync  # noqa: E402
+from bench_binaural import AUDIO_RATE, _failed, _sync, parse_names, spawn  # noqa: E402
 
 DEFAULT_CONFIGS = ("base_22khz_80band", "22khz_80band_256x")
 MEL_MEAN = -4.0  # random log-mels around the range of real ones (log of 1e-5 .. 1e1)
@@ -160,28 +159,6 @@ def run_case(case: dict) -> dict:
     return result
 
 
-def run_in_subprocess(case: dict) -> dict:
-    """One case in a fresh interpreter of this script with the case's thread count; its result dict."""
-    env = dict(os.environ)
-    env.update({var: str(case["threads"]) for var in THREAD_VARS if case["threads"]})
-    proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(case)], capture_output=True, text=True, env=env
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][-300:]}
-
-
-def parse_configs(values: list[str]) -> list[str]:
-    """``--configs a b`` and ``--configs a,b`` alike; unknown names fail."""
-    names = [n for v in values for n in v.split(",") if n]
-    bad = sorted(set(names) - set(NAMED_CONFIGS))
-    if bad or not names:
-        raise SystemExit(f"--configs: expected some of {', '.join(NAMED_CONFIGS)}, got {', '.join(values)}")
-    return list(dict.fromkeys(names))
-
-
 HEADER = (
     f"{'device':<6} {'dtype':<5} {'config':<18} {'params':>8} {'ours s':>8} {'nvidia s':>8} {'ratio':>6} {'min':>6} "
     f"{'RTF ours':>8} {'RTF nv':>8} {'peak MiB ours':>13} {'nvidia':>7} {'+MiB ours':>9} {'nvidia':>7} "
@@ -219,7 +196,7 @@ def main() -> None:
         return
 
     out = sys.stderr if args.json else sys.stdout
-    configs = parse_configs(args.configs)
+    configs = parse_names(args.configs, NAMED_CONFIGS, "--configs")
     devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     gpu = f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""
     frames = ", ".join(f"{n} {math.ceil(args.seconds * AUDIO_RATE / named_config(n).hop_length)}" for n in configs)
@@ -247,7 +224,7 @@ def main() -> None:
                     "repeats": max(args.repeats, 1),
                 }
                 load = os.getloadavg()[0]
-                res = run_in_subprocess(case)
+                res = spawn(case, __file__)
                 load = max(load, os.getloadavg()[0])
                 print(format_row(case, res, load), file=out, flush=True)
                 if args.json:

@@ -1,6 +1,7 @@
 """Stage evaluate_<family>@<model>: the family's metrics on the test split, figures, MLflow.
 
-``--variant FLAG`` (repeatable) evaluates the variant trained with the same flags.
+``--variant FLAG`` (repeatable) evaluates the variant trained with the same flags; ``--rendered`` scores
+a method whose outputs another stage rendered (the vocoded WAVs), not a trained model.
 """
 
 from typing import Annotated
@@ -14,13 +15,25 @@ from binaural_lab.stage import entry, load_params, section
 
 
 @entry
-def main(family: str, name: str, variant: Annotated[list[str] | None, typer.Option()] = None) -> None:
+def main(
+    family: str,
+    name: str,
+    variant: Annotated[list[str] | None, typer.Option()] = None,
+    rendered: Annotated[bool, typer.Option()] = False,
+) -> None:
     params = load_params()
     fam = get_family(family)
-    # a name without variants may be a method another stage rendered (vocode), not a registry model
-    run = fam.registry.variant(name, variant, section(params, fam.registry.where(name)))[0] if variant else name
+    if rendered:
+        if not hasattr(fam, "evaluate_rendered"):
+            raise typer.BadParameter(f"the {family} family scores no rendered methods", param_hint="--rendered")
+        run = name
+    else:
+        run = fam.registry.variant(name, variant or [], section(params, fam.registry.where(name)))[0]
     with tracking.stage_run(family, f"evaluate_{family}@{run}", {"model": run, "split": "test"}):
-        out = fam.evaluate(params, run, model_dir(family, run) / "model.pt", report_dir(family, run))
+        if rendered:
+            out = fam.evaluate_rendered(params, run, report_dir(family, run))
+        else:
+            out = fam.evaluate(params, run, model_dir(family, run) / "model.pt", report_dir(family, run))
         tracking.log_outputs(out)
 
 

@@ -45,7 +45,10 @@ def main(family: str, name: str, variant: Annotated[list[str] | None, typer.Opti
         card = {**card, "train_seconds": result.seconds, "resumed_from_step": result.resumed_from_step}
         save_model(out / "model.pt", result.model, card, result.history)
         tracking.log_model_state(result.model.state_dict(), card)
-        tracking.log_metrics({"n_parameters": card["n_parameters"], "train_seconds": result.seconds})
+        for row in result.validations:  # besides the per-epoch curves: every validation by optimizer step
+            tracking.log_metrics({f"{k}_by_step": v for k, v in row.items() if k.startswith("val_")}, step=row["step"])
+        summary = {"n_parameters": card["n_parameters"], "train_seconds": result.seconds, **card.get("summary", {})}
+        tracking.log_metrics(summary)
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(result.history[-1]))

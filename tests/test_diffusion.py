@@ -142,10 +142,12 @@ def test_training_target_is_what_the_step_inverts(prediction):
         torch.testing.assert_close(target, ref.get_velocity(x0, noise, t), atol=1e-6, rtol=1e-6)
     sched.set_timesteps(1000)  # step ratio 1: from t to t - 1
     for i, step in enumerate(t.tolist()):
-        ab, ab_prev = sched.alphas_cumprod[step], sched.alphas_cumprod[step - 1]
+        ab_prev = sched.alphas_cumprod[step - 1]
         expected = ab_prev.sqrt() * x0[i] + (1 - ab_prev).sqrt() * noise[i]
         got = sched.step(target[i], step, xt[i])
-        torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4, msg=lambda m, i=i: f"{prediction} t={step}: {m}")
+        torch.testing.assert_close(
+            got, expected, atol=2e-4, rtol=1e-4, msg=lambda m, step=step: f"{prediction} t={step}: {m}"
+        )
 
 
 def test_loss_l1_and_l2():

@@ -531,23 +531,18 @@ class BinauralFamily:
         return {"metrics": flat, "files": files}
 
     def evaluate(self, params: Mapping[str, Any], name: str, model_file: Path, out_dir: Path) -> dict[str, Any]:
-        """WAVs of every split, both conventions' test metrics, figures; returns the metrics and files.
-
-        A ``name`` that is not a model of the registry is a method whose test WAVs another stage
-        rendered (``vocode``): ``outputs/binaural/<name>/test/`` with its ``card.json``, scored as they are.
-        """
-        if name.split("-")[0] not in REGISTRY.names:  # not a model nor one of its variants (model-flag-...)
-            return self._score_rendered(params, name, out_dir)
+        """WAVs of every split, both conventions' test metrics, figures; returns the metrics and files."""
         model, task, card = load_model(model_file, pick_device("auto"))
         return self._finish(params, name, model, task, out_dir, card["n_parameters"], card["train_seconds"])
 
-    def _score_rendered(self, params: Mapping[str, Any], name: str, out_dir: Path) -> dict[str, Any]:
+    def evaluate_rendered(self, params: Mapping[str, Any], name: str, out_dir: Path) -> dict[str, Any]:
+        """Score a method whose test WAVs another stage rendered (``vocode``): ``outputs/binaural/<name>/test/``
+        with its ``card.json``, as they are."""
         data = dataset(params, self.dataset_slot)
         root = output_dir("binaural", name)
         if not (root / "card.json").is_file():
             raise BinauralizeError(
-                f"{name!r} is neither a model of {REGISTRY.params_key} ({REGISTRY.names}) nor a method rendered by "
-                f"another stage ({root / 'card.json'} is missing; run vocode)"
+                f"{root / 'card.json'}: no rendered method {name!r}; run the stage that renders it (vocode)"
             )
         card = json.loads((root / "card.json").read_text())
         manifest = load_manifest(data.prepared / "manifest.parquet").set_index("sample_id")

@@ -354,6 +354,14 @@ def train_vocoder(
     fingerprint = {"card": card, "data": content_hash(sources)}
     models = {"generator": vocoder.generator, "discriminator": vocoder.discriminator}
     result = Trainer(p.train, ckpt_dir, fingerprint=fingerprint).fit(models, train_set, val_set, task, epoch_end)
+    curve = [row["val_mel_l1"] for row in result.validations]
+    if curve:  # how much the vocoder learned: the first validation against the last
+        card["summary"] = {
+            "val_mel_l1_first": curve[0],
+            "val_mel_l1_last": curve[-1],
+            "val_mel_l1_drop": 1 - curve[-1] / curve[0],
+            "first_validation_step": result.validations[0]["step"],
+        }
     if result.is_main:
         with atomic_path(ckpt_dir / "discriminator.pt") as tmp:
             torch.save(result.models["discriminator"].state_dict(), tmp)

@@ -149,6 +149,7 @@ EvalCallback = Callable[[int, dict[str, float], dict[str, float], nn.Module], No
 class TrainResult:
     model: nn.Module  # the primary model as evaluated: its EMA when ema_decay > 0
     history: list[dict[str, float]] = field(default_factory=list)
+    validations: list[dict[str, float]] = field(default_factory=list)  # every validation: epoch, step, val_*
     resumed_from_step: int = 0
     seconds: float = 0.0
     is_main: bool = True  # False on torchrun ranks other than 0, which write nothing
@@ -300,6 +301,7 @@ class _Progress:
     sums: dict[str, float] = field(default_factory=dict)  # this rank's sums of the epoch's training metrics
     count: int = 0  # this rank's batches in ``sums``
     history: list[dict[str, float]] = field(default_factory=list)
+    validations: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -422,6 +424,7 @@ class Trainer:
         return TrainResult(
             model=eval_model,
             history=run.history,
+            validations=run.validations,
             resumed_from_step=resumed_from,
             seconds=time.perf_counter() - t0,
             is_main=self.is_main,
@@ -493,6 +496,8 @@ class Trainer:
             eval_model.eval()
             try:
                 val_metrics = self._validate(task, eval_model, val_set, run.epoch)
+                if val_metrics:
+                    run.validations.append({"epoch": run.epoch + 1, "step": run.step, **val_metrics})
                 tqdm.write(f"{label} " + " ".join(f"{k}={v:.4g}" for k, v in {**train_metrics, **val_metrics}.items()))
                 if on_epoch_end is not None:
                     on_epoch_end(run.epoch, train_metrics, val_metrics, eval_model)
@@ -534,6 +539,7 @@ class Trainer:
             "batch": run.batch,
             "step": run.step,
             "history": run.history,
+            "validations": run.validations,
             "seconds": run.seconds,
             "ranks": ranks,
         }
@@ -582,6 +588,7 @@ class Trainer:
             batch=state["batch"],
             step=state["step"],
             history=state["history"],
+            validations=state["validations"],
             seconds=state["seconds"],
         )
         ranks = state["ranks"]
