@@ -140,6 +140,10 @@ def test_validation_every_n_steps_as_well_as_every_epoch(tmp_path):
     trainer.fit(model, toy.Toy(24), toy.Toy(8, seed=1), Task(), on_epoch_end, on_eval)
     # 6 steps an epoch: validations at steps 3, 9 (mid-epoch) and 6, 12 (an epoch's end, validated once)
     assert [e[0] for e in evals] == [3, 6, 9, 12]
+    result = Trainer(cfg, tmp_path, fingerprint={"toy": 1}).fit(model, toy.Toy(24), toy.Toy(8, seed=1), toy.ToyTask())
+    assert result.resumed_from_step == 12  # the finished run: its validations come back from the checkpoint
+    assert [(v["epoch"], v["step"]) for v in result.validations] == [(1, 3), (1, 6), (2, 9), (2, 12)]
+    assert [v["val_mse"] for v in result.validations if v["step"] % 6 == 0] == [h["val_mse"] for h in result.history]
     assert all(e[1:] == (["train_loss", "train_mse"], ["val_mse"]) for e in evals)
     assert epochs == [0, 1]
     assert len(modes) == 12 and all(modes)  # a mid-epoch validation puts the model back in training mode
@@ -263,6 +267,9 @@ def test_killed_run_resumes_to_bit_identical_weights(tmp_path, kind, kill_at_ste
     assert resumed["weights"] == expected["weights"]  # every model and the EMA, bit for bit
     # the resumed epoch's training metrics average all its batches, those before the kill included
     assert resumed["history"] == expected["history"]
+    # every validation, those before the kill included (mid-epoch ones too in the regression toy)
+    assert resumed["validations"] == expected["validations"] and expected["validations"]
+    assert [v["step"] for v in expected["validations"]] == sorted({v["step"] for v in expected["validations"]})
 
 
 @pytest.mark.slow

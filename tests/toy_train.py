@@ -184,7 +184,9 @@ def setup(kind: str):
     """(config, models, train set, val set, task) of a toy; the models' initial weights depend on the seed."""
     torch.manual_seed(0)
     if kind == "regression":
-        cfg = TrainConfig(epochs=4, batch_size=4, lr=0.05, checkpoint_every=2, seed=3, ema_decay=0.5)
+        cfg = TrainConfig(
+            epochs=4, batch_size=4, lr=0.05, checkpoint_every=2, seed=3, ema_decay=0.5, eval_every_steps=5
+        )  # fmt: skip
         model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.1), nn.Linear(8, 1))
         return cfg, model, Toy(64), Toy(16, seed=1), ToyTask()
     if kind == "gan":
@@ -245,6 +247,7 @@ def main() -> None:
         "resumed_from_step": result.resumed_from_step,
         "weights": {"eval": flat_weights(result.model), **{k: flat_weights(m) for k, m in result.models.items()}},
         "history": result.history,
+        "validations": result.validations,
         "losses": getattr(task, "losses", {}),
         "seeds": getattr(task, "seeds", []),
     }
