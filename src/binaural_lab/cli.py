@@ -10,14 +10,16 @@ from typing import Any
 import typer
 
 from binaural_lab.config import ParamError, load_yaml, parse
-from binaural_lab.paths import atomic_path, project_root, report_dir, store_root, write_json, write_text
+from binaural_lab.paths import atomic_path, project_root, raw_dir, report_dir, store_root, write_json, write_text
 from binaural_lab.stage import entry, load_params, section
 
 app = typer.Typer(help="binaural-lab: reproducible binaural audio research.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Named configurations under pipelines/.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Score predictions made outside the pipeline.", no_args_is_help=True)
+data_app = typer.Typer(help="Real datasets: download, verify and unpack (data/registry.yaml).", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(data_app, name="data")
 
 
 def _pipelines() -> dict[str, Path]:
@@ -184,6 +186,40 @@ def evaluate_binaural(
     if json_out:
         write_text(json_out, text + "\n")
     typer.echo(text)
+
+
+def _dataset_spec(name: str) -> Any:
+    """Registry entry NAME with the overrides of params.yaml's ``download.NAME`` (when there is a params.yaml)."""
+    from binaural_lab.data.download import dataset_spec
+
+    has_params = (project_root() / "params.yaml").is_file()
+    return dataset_spec(name, load_params() if has_params else None)
+
+
+@data_app.command("fetch")
+@entry
+def data_fetch(
+    name: str = typer.Argument(..., help="dataset of the registry: fairplay, batvision-v1, batvision-v2, realbinaural"),
+    root: Path = typer.Option(None, help="download folder (default data/raw/NAME)"),
+) -> None:
+    """Download NAME through its mirrors (resuming partial files), verify the checksums and unpack it."""
+    from binaural_lab.data.download import fetch
+
+    typer.echo(f"{name}: ready in {fetch(_dataset_spec(name), root or raw_dir(name))}")
+
+
+@data_app.command("verify")
+@entry
+def data_verify(
+    name: str = typer.Argument(..., help="dataset of the registry"),
+    root: Path = typer.Option(None, help="download folder (default data/raw/NAME)"),
+) -> None:
+    """Check NAME on disk without downloading: checksums, unpacked archives, expected paths."""
+    from binaural_lab.data.download import verify
+
+    for line in verify(_dataset_spec(name), root or raw_dir(name)):
+        typer.echo(line)
+    typer.echo(f"{name}: ok")
 
 
 @app.command()
