@@ -1,15 +1,19 @@
-"""Stage synthesize_<slot>: simulate the embedded dataset of ``datasets.<slot>`` into data/raw/<name>."""
+"""Stage synthesize_<slot>: simulate the embedded dataset of ``datasets.<slot>`` into data/raw/<name>,
+or, for a real kind (batvision-v1, batvision-v2), convert its downloaded files there with its adapter."""
 
 import dataclasses
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import typer
 
 import binaural_lab.cpu_pins  # noqa: F401  (before numpy and torch load: same bytes on every AVX2 CPU)
 from binaural_lab import tracking
-from binaural_lab.config import ParamError, to_dict
+from binaural_lab.config import to_dict
 from binaural_lab.data import simulate
-from binaural_lab.data.datasets import dataset
+from binaural_lab.data.datasets import DatasetConfig, dataset
+from binaural_lab.paths import resolve
 from binaural_lab.stage import BaseParams, config, entry, load_params
 
 SIMULATORS = {
@@ -25,7 +29,8 @@ def main(slot: str) -> None:
     params = load_params()
     data = dataset(params, slot)
     if data.kind != "synthetic":
-        raise ParamError(f"datasets.{slot}.kind: {data.kind!r} is not simulated; its data comes from a download stage")
+        adapt(slot, data, params)
+        return
     name = f"synthesize_{slot}"
     cfg_cls, synthesize = SIMULATORS[slot]
     # the facts about the dataset (sample rate, max depth, depth kind) live in datasets.<slot>, not in
@@ -37,6 +42,27 @@ def main(slot: str) -> None:
     with tracking.stage_run("data", name, {"seed": base.seed, **to_dict(cfg)}):
         start = time.perf_counter()
         table = synthesize(cfg, data.raw, seed=base.seed, workers=base.workers)
+        tracking.log_metrics(
+            {"samples": len(table), "rooms": table["room_id"].nunique(), "seconds": time.perf_counter() - start}
+        )
+
+
+def adapt(slot: str, data: DatasetConfig, params: Mapping[str, Any]) -> None:
+    """Convert the real dataset of ``datasets.<slot>`` from its ``source_root`` into data/raw/<name>."""
+    from binaural_lab.data import batvision  # loads torch (the resampler): only for real data
+
+    source = resolve(data.source_root) if data.source_root else batvision.default_source_root(data.kind, params)
+    with tracking.stage_run("data", f"synthesize_{slot}", {**to_dict(data), "source_root": str(source)}):
+        start = time.perf_counter()
+        table = batvision.adapt_batvision(
+            source,
+            data.raw,
+            batvision.VERSIONS[data.kind],
+            data.max_depth_m,
+            data.sample_rate,
+            published_splits=data.published_splits,
+            cut_audio=data.cut_audio,
+        )
         tracking.log_metrics(
             {"samples": len(table), "rooms": table["room_id"].nunique(), "seconds": time.perf_counter() - start}
         )

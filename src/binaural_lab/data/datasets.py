@@ -21,7 +21,8 @@ from binaural_lab.data.simulate.config import DEPTH_KINDS
 from binaural_lab.paths import features_dir, prepared_dir, raw_dir
 
 SLOTS = ("binaural", "echoes")
-KINDS = ("synthetic",)  # real datasets (FAIR-Play, Batvision, RealBinaural) add their adapters here
+KINDS = ("synthetic", "batvision-v1", "batvision-v2")  # FAIR-Play and RealBinaural adapters are to come
+ECHO_KINDS = ("batvision-v1", "batvision-v2")  # real kinds of the depth slot (binaural_lab.data.batvision)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -36,10 +37,27 @@ class DatasetConfig:
     depth_kind: str | None = param(
         None, choices=(*DEPTH_KINDS, None), doc="planar (along the optical axis) or ray (along each ray)"
     )
+    source_root: str | None = param(
+        None,
+        doc="real kinds: the unpacked dataset (relative: to the project); null: where `blab data fetch` puts it, "
+        "data/raw/<registry name>/BatvisionV1 (V2), or below download.<registry name>.local_root",
+    )
+    published_splits: bool = param(
+        True,
+        doc="real kinds: keep the dataset's own train/val/test (Batvision V2's are per location, so every location "
+        "is in every split); false: prepare draws room-disjoint splits (V2: by location; V1 has none)",
+    )
+    cut_audio: bool = param(
+        True, doc="Batvision: keep the first 2 * max_depth_m / 340 s of each recording (the V2 loader's cut)"
+    )
 
     def validate(self, where: str) -> None:
         if not _NAME.match(self.name):
             raise ParamError(f"{where}.name: {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+        if self.kind == "synthetic" and self.source_root is not None:
+            raise ParamError(f"{where}.source_root: a synthetic dataset is simulated, not read from a folder")
+        if self.kind in ECHO_KINDS and self.depth_kind not in (None, "planar"):
+            raise ParamError(f"{where}.depth_kind: Batvision's depth (ZED stereo camera) is planar")
 
     @property
     def raw(self) -> Path:
@@ -62,6 +80,8 @@ def dataset(params: Mapping[str, Any], slot: str) -> DatasetConfig:
     if not isinstance(section, Mapping) or slot not in section:
         raise ParamError(f"params.yaml: key 'datasets.{slot}' is missing (expected name, kind, sample_rate, ...)")
     cfg = parse(DatasetConfig, section[slot], f"datasets.{slot}")
+    if cfg.kind in ECHO_KINDS and slot != "echoes":
+        raise ParamError(f"datasets.{slot}.kind: {cfg.kind!r} is a depth dataset, for the slot 'echoes'")
     if slot == "echoes":
         for key in ("max_depth_m", "depth_kind"):
             if getattr(cfg, key) is None:

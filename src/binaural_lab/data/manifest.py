@@ -1,6 +1,7 @@
 """Manifests: one Parquet table per dataset, one row per sample, with its split.
 
-Splits are drawn by room, so no room (and hence no impulse response geometry) appears in two splits.
+Splits are drawn by room, so no room (and hence no impulse response geometry) appears in two splits,
+unless the raw table has a ``published_split`` column (a real dataset's own splits): that is kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from binaural_lab.config import ParamError, UserError, param
 from binaural_lab.paths import atomic_path, write_json
 
 SPLITS = ("train", "val", "test")
+PUBLISHED_SPLIT = "published_split"  # raw-table column of a dataset's own splits, kept as they are
 
 
 @dataclass
@@ -51,6 +53,18 @@ def assign_splits(room_ids: pd.Series, cfg: SplitConfig, seed: int) -> pd.Series
     labels[order[n_train : n_train + n_val]] = "val"
     labels[order[n_train + n_val :]] = "test"
     return room_ids.map(dict(zip(rooms, labels, strict=True)))
+
+
+def published_splits(table: pd.DataFrame, source: str) -> pd.Series:
+    """The ``published_split`` column, checked to hold every split and nothing else."""
+    values = table[PUBLISHED_SPLIT]
+    unknown = sorted(set(values.astype(str)) - set(SPLITS))
+    if unknown:
+        raise ManifestError(f"{source}: column {PUBLISHED_SPLIT!r} holds {unknown}; expected {list(SPLITS)}")
+    absent = [s for s in SPLITS if not (values == s).any()]
+    if absent:
+        raise ManifestError(f"{source}: column {PUBLISHED_SPLIT!r} has no {absent} rows")
+    return values
 
 
 def check_files(table: pd.DataFrame, root: Path, columns: list[str], source: str) -> None:
@@ -91,13 +105,16 @@ def check_table(
 
 
 def build_manifest(raw_dir: Path, out_dir: Path, cfg: SplitConfig, seed: int) -> pd.DataFrame:
-    """Read ``raw_dir/scenes.parquet``, check its files, add ``split``, write ``out_dir/manifest.parquet``."""
+    """Read ``raw_dir/scenes.parquet``, check its files, add ``split`` (its ``published_split`` when it
+    has one, else drawn by room), write ``out_dir/manifest.parquet``."""
     scenes_file = raw_dir / "scenes.parquet"
     if not scenes_file.is_file():
         raise ManifestError(f"{scenes_file}: scene table not found; run the synthesis stage first")
     table = pd.read_parquet(scenes_file)
     check_table(table, str(scenes_file), raw_dir=raw_dir, with_split=False)
-    table = table.assign(split=assign_splits(table["room_id"], cfg, seed))
+    published = PUBLISHED_SPLIT in table.columns
+    split = published_splits(table, str(scenes_file)) if published else assign_splits(table["room_id"], cfg, seed)
+    table = table.assign(split=split)
     first = ["sample_id", "split", "room_id"]
     table = table[first + [c for c in table.columns if c not in first]].sort_values("sample_id")
     table = table.reset_index(drop=True)
@@ -106,7 +123,8 @@ def build_manifest(raw_dir: Path, out_dir: Path, cfg: SplitConfig, seed: int) ->
         table.to_parquet(tmp / "manifest.parquet", index=False)
         sizes = table.groupby("split").agg(samples=("sample_id", "size"), rooms=("room_id", "nunique"))
         counts = {s: {k: int(v) for k, v in sizes.loc[s].items()} for s in SPLITS}
-        write_json(tmp / "splits.json", {"seed": seed, "splits": counts})
+        origin = {"splits_from": PUBLISHED_SPLIT} if published else {}
+        write_json(tmp / "splits.json", {"seed": seed, **origin, "splits": counts})
     return table
 
 
