@@ -2,7 +2,8 @@
 
 Two models of the family's registry train through the one loop (:mod:`binaural_lab.training`), each
 step a least-squares GAN step of the generator (:mod:`binaural_lab.models.bigvgan`) against the
-multi-period and multi-resolution discriminators (:mod:`binaural_lab.models.discriminators`) with
+multi-period and the multi-resolution STFT (or, ``discriminator.kind: cqtd``, sub-band CQT)
+discriminators (:mod:`binaural_lab.models.discriminators`) with
 the losses of :mod:`binaural_lab.losses.vocoder`:
 
 - ``bigvgan`` (stage ``pretrain_vocoder``) learns from the ground-truth mels of the train split; the
@@ -313,6 +314,12 @@ def train_vocoder(
     if mel.sample_rate != data.sample_rate:
         raise VocoderInputError(
             f"datasets.binaural.sample_rate {data.sample_rate} differs from its mels' {mel.sample_rate}"
+        )
+    disc = cfg.discriminator
+    if disc.kind == "cqtd" and disc.cqtd_sample_rate != mel.sample_rate:
+        raise ParamError(
+            f"{REGISTRY.where(name)}.model.discriminator.cqtd_sample_rate: {disc.cqtd_sample_rate} Hz, but the mels "
+            f"are at {mel.sample_rate} Hz"
         )
     generated = {split: mels_dir(params) / split for split in ("train", "val")} if loss.feed_generated else {}
     for split, folder in generated.items():
