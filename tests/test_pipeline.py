@@ -60,9 +60,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.Compl
     return proc
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def init_project(root: Path) -> Path:
+    """A copy of the project's code and DVC pipeline in ``root``, a fresh git + DVC repository, no params."""
     for item in ("dvc.yaml", "stages", "src", "pipelines", ".gitignore", ".dvcignore"):
         src = REPO / item
         if src.is_dir():
@@ -74,6 +73,12 @@ def project(tmp_path_factory) -> Path:
     run(["git", "config", "user.name", "test"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = init_project(tmp_path_factory.mktemp("project"))
     run(["blab", "pipeline", "use", "tiny"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny project"], root)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from test_batvision import make_v1
 from test_download import server  # noqa: F401  (the fixture: a local HTTP server with Range support)
-from test_pipeline import REPO, ran_stages, run
+from test_pipeline import REPO, init_project, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +60,7 @@ def archive(tmp_path_factory) -> bytes:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the project in a fresh git + DVC repository, without params.yaml (each test writes it)."""
-    root = tmp_path_factory.mktemp("real-project")
-    for item in ("dvc.yaml", "stages", "src", "pipelines", ".gitignore", ".dvcignore"):
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            shutil.copy2(src, root / item)
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "test@example.com"], root)
-    run(["git", "config", "user.name", "test"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    return root
+    return init_project(tmp_path_factory.mktemp("real-project"))
 
 
 def serve(srv, archive: bytes) -> tuple[str, str]:
