@@ -3,16 +3,13 @@ or, for a real kind (batvision-v1, batvision-v2), convert its downloaded files t
 
 A real kind without ``source_root`` and without ``download.<registry name>.local_root`` is first
 fetched from the registry into data/raw/<registry name> (the first step of the DAG: data download or
-synthesis), unless that folder already holds the dataset without the fetch's bookkeeping (placed
-there by hand): then it is adapted as it is. The fetch skips what is complete and verified, so a
+synthesis); data a user already has is named by either key instead. The fetch skips what is complete and verified, so a
 rerun with the data in place makes no request; an interrupted download resumes where it stopped.
 What was fetched is logged to the stage's MLflow run: ``fetch_bytes`` (written to the download
 folder by this run), ``fetch_seconds``, ``fetch_dataset_bytes`` (the downloads on disk) and the
 sha256 of each unpacked archive."""
 
 import dataclasses
-import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -26,7 +23,7 @@ from binaural_lab import tracking
 from binaural_lab.config import ParamError, to_dict
 from binaural_lab.data import download, simulate
 from binaural_lab.data.datasets import DatasetConfig, dataset
-from binaural_lab.paths import raw_dir, resolve
+from binaural_lab.paths import nested, raw_dir, resolve
 from binaural_lab.stage import BaseParams, config, entry, load_params
 
 SIMULATORS = {
@@ -60,58 +57,22 @@ def main(slot: str) -> None:
         )
 
 
-def registry_spec(kind: str, params: Mapping[str, Any]) -> download.DatasetSpec:
-    """The registry dataset whose adapter is ``kind``, with its ``download.<name>`` overrides."""
-    names = [name for name, spec in download.load_registry().items() if spec.adapter == kind]
-    if not names:
-        raise ParamError(f"kind {kind!r}: no dataset of the registry has this adapter; set datasets.<slot>.source_root")
-    return download.dataset_spec(names[0], params)
-
-
-def _downloaded_bytes(spec: download.DatasetSpec, root: Path) -> int:
-    """Bytes of ``spec``'s files on disk below ``root``: downloaded archives, plain files, partial downloads."""
-    total = 0
-    for f in spec.files:
-        target = root / download.DOWNLOADS / f.name if f.is_archive else root / f.name
-        for path in (target, target.with_name(target.name + ".part")):
-            if path.is_file():
-                total += path.stat().st_size
-    return total
-
-
-def placed_by_hand(spec: download.DatasetSpec) -> bool:
-    """Whether data/raw/<name> holds ``spec``'s expected paths without any of the fetch's bookkeeping
-    (unpacked there by hand or by another tool): then it is used as it is and nothing is fetched."""
-    root = raw_dir(spec.name)
-    if any(os.path.lexists(root / p) for p in (download.DOWNLOADS, download.CHECKSUMS, download.FETCHED)):
-        return False
-    try:
-        download.check_expected(spec, root)
-    except download.DownloadError:
-        return False
-    return True
-
-
 def fetch_dataset(spec: download.DatasetSpec, out_raw_dir: Path) -> tuple[dict[str, float], dict[str, str]]:
     """Fetch ``spec`` into data/raw/<name>; return the fetch's metrics and the sha256 of each unpacked archive."""
-    root = raw_dir(spec.name).resolve()
-    out = Path(out_raw_dir).resolve()
-    if root == out or out in root.parents or root in out.parents:
+    root = raw_dir(spec.name)
+    if nested(root, out_raw_dir):
         raise ParamError(
-            f"datasets.<slot>.name: its folder {out} overlaps the download folder {root} of {spec.name}, "
+            f"datasets.<slot>.name: its folder {out_raw_dir} overlaps the download folder {root} of {spec.name}, "
             "which DVC would delete with the stage's output; give the dataset another name"
         )
-    before = _downloaded_bytes(spec, root)
+    before = download.stored_bytes(spec, root)
     start = time.perf_counter()
     download.fetch(spec, root, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - start
-    on_disk = _downloaded_bytes(spec, root)
-    marker = root / download.FETCHED
-    unpacked = json.loads(marker.read_text()) if marker.is_file() else {}
-    sha256 = {name: entry.get("sha256", "") for name, entry in unpacked.items()}
+    on_disk = download.stored_bytes(spec, root)
     metrics = {"fetch_bytes": max(on_disk - before, 0), "fetch_seconds": seconds, "fetch_dataset_bytes": on_disk}
     print(f"{spec.name}: fetched {metrics['fetch_bytes']} bytes in {seconds:.1f} s into {root}", file=sys.stderr)
-    return metrics, sha256
+    return metrics, download.unpacked_hashes(root)
 
 
 def adapt(slot: str, data: DatasetConfig, params: Mapping[str, Any]) -> None:
@@ -119,10 +80,8 @@ def adapt(slot: str, data: DatasetConfig, params: Mapping[str, Any]) -> None:
     fetching it from the registry first when neither ``source_root`` nor ``local_root`` says where it is."""
     from binaural_lab.data import batvision  # loads torch (the resampler): only for real data
 
-    spec = None if data.source_root else registry_spec(data.kind, params)
-    fetching = spec is not None and not spec.local_root and not placed_by_hand(spec)
-    if spec is not None and not spec.local_root and not fetching:
-        print(f"{spec.name}: found in {raw_dir(spec.name)} without a fetch's records: used as it is", file=sys.stderr)
+    spec = None if data.source_root else download.spec_for_adapter(data.kind, params)
+    fetching = spec is not None and not spec.local_root
     source = resolve(data.source_root) if data.source_root else batvision.default_source_root(data.kind, params)
     run_params: dict[str, Any] = {**to_dict(data), "source_root": str(source)}
     if fetching:

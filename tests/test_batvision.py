@@ -219,6 +219,7 @@ def test_synthesize_stage_runs_the_adapter(tmp_path, monkeypatch):
     make_v1(tmp_path / "data" / "raw" / "batvision-v1", 1)
     echoes_slot = {"name": "bv1", "kind": "batvision-v1", "sample_rate": TARGET_SR, "max_depth_m": 12.0}
     params = {"base": {"seed": 0}, "datasets": {"echoes": {**echoes_slot, "depth_kind": "planar"}}}
+    params["download"] = {"batvision-v1": {"local_root": "data/raw/batvision-v1"}}  # already on disk: no fetch
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("BLAB_ROOT", str(tmp_path))
     path = Path(__file__).parents[1] / "stages" / "synthesize.py"

@@ -115,6 +115,12 @@ def hash_files(paths: list[Path], pattern: str = "*") -> str:
     return digest.hexdigest()[:16]
 
 
+def nested(a: str | Path, b: str | Path) -> bool:
+    """Whether folder ``a`` is ``b``, or one of them lies inside the other (after resolving both)."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (indent 2, keys in insertion order)."""
     with atomic_path(path) as tmp:

@@ -40,9 +40,9 @@ from tqdm import tqdm
 from binaural_lab.audio.io import read_audio, write_audio
 from binaural_lab.audio.stft import resample
 from binaural_lab.config import ParamError, UserError
-from binaural_lab.data.download import dataset_spec, load_registry
+from binaural_lab.data.download import spec_for_adapter
 from binaural_lab.data.manifest import SPLITS
-from binaural_lab.paths import atomic_path, raw_dir
+from binaural_lab.paths import atomic_path, nested, raw_dir
 
 VERSIONS = {"batvision-v1": "v1", "batvision-v2": "v2"}  # datasets.<slot>.kind -> version
 FOLDERS = {"v1": "BatvisionV1", "v2": "BatvisionV2"}  # what registry.yaml's archives unpack to
@@ -94,10 +94,9 @@ def depth_metres(depth_mm: np.ndarray, max_depth_m: float) -> np.ndarray:
 def default_source_root(kind: str, params: Mapping[str, Any] | None = None) -> Path:
     """Where ``blab data fetch`` puts the dataset of adapter ``kind``: ``data/raw/<name>/BatvisionV1``
     (or V2), below ``download.<name>.local_root`` when params set it."""
-    names = [name for name, spec in load_registry().items() if spec.adapter == kind] if kind in VERSIONS else []
-    if not names:
-        raise ParamError(f"kind {kind!r}: no Batvision dataset of the registry has this adapter")
-    spec = dataset_spec(names[0], params)
+    if kind not in VERSIONS:
+        raise ParamError(f"kind {kind!r}: not a Batvision kind ({sorted(VERSIONS)})")
+    spec = spec_for_adapter(kind, params)
     root = Path(spec.local_root) if spec.local_root else raw_dir(spec.name)
     return root / FOLDERS[VERSIONS[kind]]
 
@@ -263,7 +262,7 @@ def adapt_batvision(
             f"{root}: Batvision {version.upper()} folder not found; run `blab data fetch batvision-{version}` "
             "or set datasets.<slot>.source_root"
         )
-    if root == out or out in root.parents or root in out.parents:
+    if nested(root, out):
         raise ParamError(
             f"source_root {root} and the output {out} overlap: the output replaces its folder; "
             "give datasets.<slot>.name another name than the download folder"

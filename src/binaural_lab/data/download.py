@@ -143,6 +143,10 @@ class FileSpec:
     def is_archive(self) -> bool:
         return self.name.lower().endswith(ARCHIVE_SUFFIXES)
 
+    def local_path(self, root: Path) -> Path:
+        """Where the file is kept below the dataset folder: ``downloads/<name>`` for an archive."""
+        return root / DOWNLOADS / self.name if self.is_archive else root / self.name
+
 
 @dataclass
 class DatasetSpec:
@@ -206,6 +210,16 @@ def load_registry(path: Path = REGISTRY) -> dict[str, DatasetSpec]:
             raise ParamError(f"{where}: expected a mapping, got {type(entry).__name__}")
         specs[name] = parse(DatasetSpec, {**entry, "name": name}, where)
     return specs
+
+
+def spec_for_adapter(adapter: str, params: Mapping[str, Any] | None = None) -> DatasetSpec:
+    """The registry dataset read by ``adapter`` (a ``datasets.<slot>.kind``), with its overrides."""
+    names = [name for name, spec in load_registry().items() if spec.adapter == adapter]
+    if not names:
+        raise ParamError(
+            f"kind {adapter!r}: no dataset of {REGISTRY} has this adapter; set datasets.<slot>.source_root"
+        )
+    return dataset_spec(names[0], params)
 
 
 def dataset_spec(name: str, params: Mapping[str, Any] | None = None, registry: Path = REGISTRY) -> DatasetSpec:
@@ -540,7 +554,7 @@ def _fetch_file(spec: DatasetSpec, f: FileSpec, root: Path, net: Mapping[str, An
     sha256, size, source = _expected(f, root)
     if f.is_archive and _unpacked(f, root, sha256):
         return
-    target = root / DOWNLOADS / f.name if f.is_archive else root / f.name
+    target = f.local_path(root)
     on_disk = target.is_file() and (size is None or target.stat().st_size == size)
     if on_disk and (sha256 is None or sha256sum(target) == sha256):
         url, digest = None, sha256 or sha256sum(target)
@@ -608,6 +622,17 @@ def fetch(
     return root
 
 
+def stored_bytes(spec: DatasetSpec, root: Path) -> int:
+    """Bytes of ``spec``'s downloads kept below ``root``, partial ones included (unpacked trees not counted)."""
+    paths = [p for f in spec.files for p in (f.local_path(root), f.local_path(root).with_name(f.name + ".part"))]
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def unpacked_hashes(root: Path) -> dict[str, str]:
+    """The sha256 each archive under ``root`` was unpacked from, by file name."""
+    return {name: entry.get("sha256", "") for name, entry in _read_json(root / FETCHED).items()}
+
+
 def verify(spec: DatasetSpec, root: Path) -> list[str]:
     """Check a fetched (or local) dataset without downloading; return one line per file checked.
 
@@ -624,7 +649,7 @@ def verify(spec: DatasetSpec, root: Path) -> list[str]:
     lines, problems = [], []
     for f in spec.files:
         sha256, _, source = _expected(f, root)
-        target = root / DOWNLOADS / f.name if f.is_archive else root / f.name
+        target = f.local_path(root)
         if sha256 is None:
             problems.append(f"{f.name}: no sha256 in the registry nor in {root / CHECKSUMS}")
             continue
