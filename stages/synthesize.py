@@ -1,21 +1,16 @@
 """Stage synthesize_<slot>: simulate the embedded dataset of ``datasets.<slot>`` into data/raw/<name>,
-or, for a real kind (batvision-v1, batvision-v2), convert its downloaded files there with its adapter.
-
-A real kind without ``source_root`` and without ``download.<registry name>.local_root`` is first
-fetched from the registry into data/raw/<registry name> (the first step of the DAG: data download or
-synthesis); data a user already has is named by either key instead. The fetch skips what is complete and verified, so a
-rerun with the data in place makes no request; an interrupted download resumes where it stopped.
-What was fetched is logged to the stage's MLflow run: ``fetch_bytes`` (written to the download
-folder by this run), ``fetch_seconds``, ``fetch_dataset_bytes`` (the downloads on disk) and the
-sha256 of each unpacked archive."""
+or, for a real kind (batvision-v1, batvision-v2, fairplay, realbinaural), convert the files of its
+registry dataset there with its adapter: data/raw/<registry name>, which stage download@<registry
+name> fetched (or the ``download.<registry name>.local_root`` it checked). ``datasets.<slot>.input``
+names that folder for dvc.yaml, so a new download reruns the adaptation."""
 
 import dataclasses
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import typer
 
 import binaural_lab.cpu_pins  # noqa: F401  (before numpy and torch load: same bytes on every AVX2 CPU)
@@ -23,7 +18,7 @@ from binaural_lab import tracking
 from binaural_lab.config import ParamError, to_dict
 from binaural_lab.data import download, simulate
 from binaural_lab.data.datasets import DatasetConfig, dataset
-from binaural_lab.paths import nested, raw_dir, resolve
+from binaural_lab.paths import nested, raw_dir
 from binaural_lab.stage import BaseParams, config, entry, load_params
 
 SIMULATORS = {
@@ -57,50 +52,61 @@ def main(slot: str) -> None:
         )
 
 
-def fetch_dataset(spec: download.DatasetSpec, out_raw_dir: Path) -> tuple[dict[str, float], dict[str, str]]:
-    """Fetch ``spec`` into data/raw/<name>; return the fetch's metrics and the sha256 of each unpacked archive."""
-    root = raw_dir(spec.name)
-    if nested(root, out_raw_dir):
-        raise ParamError(
-            f"datasets.<slot>.name: its folder {out_raw_dir} overlaps the download folder {root} of {spec.name}, "
-            "which DVC would delete with the stage's output; give the dataset another name"
-        )
-    before = download.stored_bytes(spec, root)
-    start = time.perf_counter()
-    download.fetch(spec, root, progress=sys.stderr.isatty())
-    seconds = time.perf_counter() - start
-    on_disk = download.stored_bytes(spec, root)
-    metrics = {"fetch_bytes": max(on_disk - before, 0), "fetch_seconds": seconds, "fetch_dataset_bytes": on_disk}
-    print(f"{spec.name}: fetched {metrics['fetch_bytes']} bytes in {seconds:.1f} s into {root}", file=sys.stderr)
-    return metrics, download.unpacked_hashes(root)
+def _batvision(root: Path, data: DatasetConfig, seed: int) -> pd.DataFrame:
+    from binaural_lab.data import batvision  # loads torch (the resampler): only for real data
+
+    version = batvision.VERSIONS[data.kind]
+    return batvision.adapt_batvision(
+        root / batvision.FOLDERS[version],
+        data.raw,
+        version,
+        data.max_depth_m,
+        data.sample_rate,
+        published_splits=data.published_splits,
+        cut_audio=data.cut_audio,
+    )
+
+
+def _fairplay(root: Path, data: DatasetConfig, seed: int) -> pd.DataFrame:
+    from binaural_lab.data.fairplay import adapt_fairplay
+
+    return adapt_fairplay(root, data.raw, data.sample_rate, data.split_set, data.split, data.segment_seconds, data.fps)
+
+
+def _realbinaural(root: Path, data: DatasetConfig, seed: int) -> pd.DataFrame:
+    from binaural_lab.data.realbinaural import adapt_realbinaural
+
+    return adapt_realbinaural(root, data.raw, data.sample_rate, data.segment_seconds, fps=data.fps, seed=seed)
+
+
+ADAPTERS = {
+    "batvision-v1": _batvision,
+    "batvision-v2": _batvision,
+    "fairplay": _fairplay,
+    "realbinaural": _realbinaural,
+}
 
 
 def adapt(slot: str, data: DatasetConfig, params: Mapping[str, Any]) -> None:
-    """Convert the real dataset of ``datasets.<slot>`` from its ``source_root`` into data/raw/<name>,
-    fetching it from the registry first when neither ``source_root`` nor ``local_root`` says where it is."""
-    from binaural_lab.data import batvision  # loads torch (the resampler): only for real data
-
-    spec = None if data.source_root else download.spec_for_adapter(data.kind, params)
-    fetching = spec is not None and not spec.local_root
-    source = resolve(data.source_root) if data.source_root else batvision.default_source_root(data.kind, params)
-    run_params: dict[str, Any] = {**to_dict(data), "source_root": str(source)}
-    if fetching:
-        run_params["fetch"] = {"dataset": spec.name, "mirrors": spec.mirrors}
-    with tracking.stage_run("data", f"synthesize_{slot}", run_params):
-        if fetching:
-            metrics, sha256 = fetch_dataset(spec, data.raw)
-            tracking.log_metrics(metrics)
-            tracking.log_params({"fetch": {"sha256": sha256}})
-        start = time.perf_counter()
-        table = batvision.adapt_batvision(
-            source,
-            data.raw,
-            batvision.VERSIONS[data.kind],
-            data.max_depth_m,
-            data.sample_rate,
-            published_splits=data.published_splits,
-            cut_audio=data.cut_audio,
+    """Convert the real dataset of ``datasets.<slot>`` into data/raw/<name> with its adapter. It reads
+    data/raw/<registry name>, the folder of stage download@<registry name>, or the ``local_root`` that
+    stage checked."""
+    spec = download.spec_for_adapter(data.kind, params)
+    if spec.name not in (params.get("download") or {}):
+        raise ParamError(
+            f"datasets.{slot}.kind: {data.kind!r} reads data/raw/{spec.name}, made by stage download@{spec.name}; "
+            f"add `{spec.name}: {{}}` under `download:` in params.yaml (with local_root there if it is on disk)"
         )
+    root = Path(spec.local_root) if spec.local_root else raw_dir(spec.name)
+    if nested(root, data.raw):
+        raise ParamError(
+            f"datasets.{slot}.name: its folder {data.raw} overlaps the dataset folder {root} of {spec.name}, which "
+            "the adapter reads and DVC would delete with the stage's output; give the dataset another name"
+        )
+    base = config(params, "base", BaseParams)
+    with tracking.stage_run("data", f"synthesize_{slot}", {**to_dict(data), "source_root": str(root)}):
+        start = time.perf_counter()
+        table = ADAPTERS[data.kind](root, data, base.seed)
         tracking.log_metrics(
             {"samples": len(table), "rooms": table["room_id"].nunique(), "seconds": time.perf_counter() - start}
         )

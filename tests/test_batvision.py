@@ -11,7 +11,7 @@ import soundfile as sf
 import yaml
 
 from binaural_lab.config import ParamError, load_yaml
-from binaural_lab.data.batvision import BatvisionError, adapt_batvision, default_source_root
+from binaural_lab.data.batvision import BatvisionError, adapt_batvision
 from binaural_lab.data.datasets import dataset
 from binaural_lab.data.features import EchoFeatureConfig, compute_echo_features
 from binaural_lab.data.manifest import SplitConfig, build_manifest
@@ -208,16 +208,10 @@ def test_output_inside_the_download_is_refused(tmp_path):
     assert (source / "train.csv").is_file()
 
 
-def test_default_source_root_follows_the_registry(tmp_path, monkeypatch):
-    monkeypatch.setenv("BLAB_ROOT", str(tmp_path))
-    assert default_source_root("batvision-v1") == tmp_path / "data" / "raw" / "batvision-v1" / "BatvisionV1"
-    params = {"download": {"batvision-v2": {"local_root": str(tmp_path / "copy")}}}
-    assert default_source_root("batvision-v2", params) == tmp_path / "copy" / "BatvisionV2"
-
-
 def test_synthesize_stage_runs_the_adapter(tmp_path, monkeypatch):
     make_v1(tmp_path / "data" / "raw" / "batvision-v1", 1)
-    echoes_slot = {"name": "bv1", "kind": "batvision-v1", "sample_rate": TARGET_SR, "max_depth_m": 12.0}
+    echoes_slot = {"name": "bv1", "kind": "batvision-v1", "input": "data/raw/batvision-v1", "sample_rate": TARGET_SR}
+    echoes_slot["max_depth_m"] = 12.0
     params = {"base": {"seed": 0}, "datasets": {"echoes": {**echoes_slot, "depth_kind": "planar"}}}
     params["download"] = {"batvision-v1": {"local_root": "data/raw/batvision-v1"}}  # already on disk: no fetch
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -243,7 +237,15 @@ def test_pipelines_fill_the_echoes_slot(name, max_depth):
 
 
 def test_bad_dataset_params_are_named(tmp_path):
-    echoes_slot = {"name": "bv", "kind": "batvision-v1", "max_depth_m": 12.0, "depth_kind": "planar"}
+    echoes_slot = {"name": "bv", "kind": "batvision-v1", "input": "data/raw/batvision-v1", "max_depth_m": 12.0}
+    echoes_slot["depth_kind"] = "planar"
+    with pytest.raises(ParamError, match=r"datasets\.echoes\.input: kind 'batvision-v1' reads 'data/raw/batvision-v1'"):
+        dataset({"datasets": {"echoes": {**echoes_slot, "input": "src/binaural_lab/data/simulate"}}}, "echoes")
+    fairplay_slot = {"name": "fp", "kind": "fairplay", "input": "data/raw/fairplay"}
+    with pytest.raises(ParamError, match=r"datasets\.echoes\.kind: 'fairplay' is a binaural dataset"):
+        dataset({"datasets": {"echoes": {**fairplay_slot, "max_depth_m": 12.0, "depth_kind": "planar"}}}, "echoes")
+    with pytest.raises(ParamError, match=r"datasets\.binaural\.split: pseudobinaural has splits 1 to 5, got 6"):
+        dataset({"datasets": {"binaural": {**fairplay_slot, "split_set": "pseudobinaural", "split": 6}}}, "binaural")
     with pytest.raises(ParamError, match=r"datasets\.binaural\.kind: 'batvision-v1' is a depth dataset"):
         dataset({"datasets": {"binaural": echoes_slot}}, "binaural")
     with pytest.raises(ParamError, match=r"datasets\.echoes\.depth_kind: .*planar"):

@@ -1,10 +1,12 @@
 """Typed params: wrong types, out-of-range values, unknown and missing keys name the key."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from binaural_lab.config import ParamError, flatten, load_yaml, param, parse
+from binaural_lab.data.datasets import SLOTS, dataset
 
 
 @dataclass
@@ -63,3 +65,16 @@ def test_yaml_errors_name_the_file(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": 2}) == {"a.b": 1, "a.c": [1, 2], "d": 2}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "pipelines").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_named_pipeline_fills_both_slots_and_downloads_what_they_read(path):
+    params = load_yaml(path)
+    read = set()
+    for slot in SLOTS:
+        data = dataset(params, slot)
+        if data.kind != "synthetic":
+            read.add(data.registry_name)
+            assert data.input == f"data/raw/{data.registry_name}"
+            assert data.name != data.registry_name  # the adapter's output is not the download it reads
+    assert set(params["download"]) == read  # one download stage per real dataset, none unused

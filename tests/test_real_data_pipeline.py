@@ -1,60 +1,87 @@
-"""The real-data chain end to end: Batvision V1 downloaded from a mirror, adapted, then the depth DAG.
+"""Every named real-data pipeline end to end: download, adapter, then its family's comparison.
 
-A small Batvision V1 tree in the real layout (test_batvision's builder) is zipped as the registry's
-archive and served by test_download's local HTTP server (Range support, a request log, cuts). A
-temporary copy of the project (as test_pipeline does) runs the tiny params with ``datasets.echoes``
-switched to batvision-v1 and ``download.batvision-v1.mirrors`` pointing at the server, so that
-synthesize@echoes fetches the archive before adapting it.
+Small trees in the real layouts (the builders of test_batvision, test_fairplay, test_realbinaural)
+are packed as the registry's archives and served by test_download's local HTTP server (Range
+support, a request log, cuts); RealBinaural, which has no public download, is a local root. A
+temporary copy of the project runs the tiny params with the dataset slot and the ``download``
+section of ``pipelines/<name>.yaml`` as shipped, only the mirrors (or the local root) pointed at the
+test's data, so that ``dvc repro <compare>`` runs download@<name>, the adapter and every stage of
+the family. A second repro reruns nothing and sends no request.
 """
 
 import io
 import json
 import shutil
+import tarfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
-from test_batvision import make_v1
+from test_batvision import make_v1, make_v2
 from test_download import server  # noqa: F401  (the fixture: a local HTTP server with Range support)
+from test_fairplay import make_fairplay
 from test_pipeline import REPO, init_project, ran_stages, run
+from test_realbinaural import make_realbinaural
+
+from binaural_lab.data.shards import open_split
 
 pytestmark = pytest.mark.slow
 
-REGISTRY_NAME = "batvision-v1"
-DATASET = "batvision-v1-echoes"
-DEPTH_STAGES = {
-    "synthesize@echoes",
-    "prepare@echoes",
-    "featurize@echoes",
-    *(f"{verb}_depth@{m}" for verb in ("train", "evaluate") for m in ("unet", "base_residual", "binaural_attention")),
-    "baseline_depth",
-    "compare_depth",
-}
-MODELS = {"mean", "unet", "base_residual", "binaural_attention"}
-ECHOES = {  # pipelines/batvision-v1.yaml's depth slot
-    "name": DATASET,
-    "kind": "batvision-v1",
-    "source_root": None,
-    "sample_rate": 44100,
-    "max_depth_m": 12.0,
-    "depth_kind": "planar",
-    "published_splits": True,
-    "cut_audio": False,
-}
+REGISTRY = yaml.safe_load((REPO / "src/binaural_lab/data/registry.yaml").read_text())["datasets"]
+COMPARE = {"echoes": "compare_depth", "binaural": "compare_binaural"}
+OTHER_FAMILY = {"echoes": "binaural", "binaural": "depth"}  # stage names of the family that must not run
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> bytes:
-    """BatvisionV1.zip: BatvisionV1/{train,val,test}.csv, depth/ and audio/ (two samples a split)."""
-    tree = tmp_path_factory.mktemp("batvision")
-    base = make_v1(tree)
+def _zip(tree: Path, base: Path) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(base.rglob("*")):
             zf.write(path, path.relative_to(tree).as_posix())
     return buf.getvalue()
+
+
+def _tar_gz(tree: Path, top: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(tree / top, arcname=top)
+    return buf.getvalue()
+
+
+def batvision_v1_archives(tree: Path) -> dict[str, bytes]:
+    return {"BatvisionV1.zip": _zip(tree, make_v1(tree))}
+
+
+def batvision_v2_archives(tree: Path) -> dict[str, bytes]:
+    return {"BatvisionV2.zip": _zip(tree, make_v2(tree))}
+
+
+def fairplay_archives(tree: Path) -> dict[str, bytes]:
+    """FAIR-Play's three tarballs, with the first and the last clip of the real dataset (the registry expects both)."""
+    root = make_fairplay(tree)
+    return {f"{name}.tar.gz": _tar_gz(root, top) for name, top in FAIRPLAY_TARBALLS.items()}
+
+
+FAIRPLAY_TARBALLS = {"splits": "splits", "audios": "binaural_audios", "videos": "videos"}
+
+
+@dataclass(frozen=True)
+class Case:
+    slot: str
+    archives: Callable[[Path], dict[str, bytes]] | None  # None: no public download, a local root
+
+
+CASES = {
+    "batvision-v1": Case("echoes", batvision_v1_archives),
+    "batvision-v2": Case("echoes", batvision_v2_archives),
+    "fairplay": Case("binaural", fairplay_archives),
+    "realbinaural": Case("binaural", None),
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,73 +90,114 @@ def project(tmp_path_factory) -> Path:
     return init_project(tmp_path_factory.mktemp("real-project"))
 
 
-def serve(srv, archive: bytes) -> tuple[str, str]:
-    """Serve the archive where the registry's path puts it below a mirror; return (mirror, request path)."""
-    spec = yaml.safe_load((REPO / "src/binaural_lab/data/registry.yaml").read_text())["datasets"][REGISTRY_NAME]
-    (entry,) = spec["files"]
-    assert entry["name"] == "BatvisionV1.zip"
-    path = f"/mirror/{entry['path']}"
-    srv.files[path] = archive
-    return f"{srv.url}/mirror", path
+def serve(srv, name: str, archives: dict[str, bytes]) -> tuple[str, list[str]]:
+    """Serve the archives where the registry's paths put them below a mirror; return (mirror, request paths)."""
+    entries = REGISTRY[name]["files"]
+    assert sorted(e["name"] for e in entries) == sorted(archives)
+    paths = []
+    for entry in entries:
+        path = f"/mirror/{entry.get('path') or entry['name']}"
+        srv.files[path] = archives[entry["name"]]
+        paths.append(path)
+    return f"{srv.url}/mirror", paths
 
 
-def write_params(project: Path, mirror: str) -> None:
-    """The tiny params, the depth slot on Batvision V1 fetched from ``mirror``; the binaural slot stays synthetic."""
+def write_params(project: Path, name: str, source: dict) -> dict:
+    """The tiny params with ``pipelines/<name>.yaml``'s dataset slot and download entry, the entry's
+    mirrors or local root replaced by ``source``; returns the slot."""
     params = yaml.safe_load((REPO / "pipelines/tiny.yaml").read_text())
-    assert params["datasets"]["binaural"]["kind"] == "synthetic"
-    params["datasets"]["echoes"] = dict(ECHOES)
-    params["base"]["workers"] = 1  # six samples: a process pool costs more than it saves
+    named = yaml.safe_load((REPO / "pipelines" / f"{name}.yaml").read_text())
+    slot = CASES[name].slot
+    params["datasets"][slot] = named["datasets"][slot]
+    params["download"] = {name: {**(named["download"][name] or {}), **source}}
+    params["base"]["workers"] = 1  # a few samples: a process pool costs more than it saves
     for model in params["depth_models"].values():  # the smallest run that still trains, evaluates, compares
         model["train"]["epochs"] = 1
         model["figure_every"] = 0
-    params["download"] = {REGISTRY_NAME: {"mirrors": [mirror]}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params["datasets"][slot]
 
 
-def fetch_runs(project: Path):
-    """The MLflow runs of synthesize_echoes, newest first."""
+def download_runs(project: Path, name: str):
+    """The MLflow runs of download_<name>, newest first."""
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["binaural-lab/data"], order_by=["start_time DESC"])
-    return runs[runs["tags.mlflow.runName"] == "synthesize_echoes"]
+    return runs[runs["tags.mlflow.runName"] == f"download_{name}"]
 
 
-def test_repro_fetches_once_adapts_and_compares_the_depth_models(project, server, archive):  # noqa: F811 (the imported fixture)
-    mirror, path = serve(server, archive)
-    write_params(project, mirror)
-    out = run(["dvc", "repro", "compare_depth"], project).stdout
-    assert ran_stages(out) == DEPTH_STAGES  # the depth chain only
-    compare = json.loads((project / "reports/depth/compare.json").read_text())
-    assert {r["model"] for r in compare["rows"]} == MODELS
-    assert all(m in (project / "reports/depth/compare.md").read_text() for m in MODELS)
-    assert server.log == [(path, None)]  # the archive, downloaded once
-    download = project / "data/raw" / REGISTRY_NAME
-    assert (download / "downloads/BatvisionV1.zip").read_bytes() == archive
-    assert (download / "BatvisionV1/train.csv").is_file()
-    assert len(list((project / "data/raw" / DATASET / "depth").glob("*.npy"))) == 6
-    newest = fetch_runs(project).iloc[0]
-    assert newest["metrics.fetch_bytes"] == len(archive) == newest["metrics.fetch_dataset_bytes"]
-    assert newest["metrics.fetch_seconds"] >= 0 and newest["metrics.samples"] == 6
-    assert newest["params.fetch.dataset"] == REGISTRY_NAME
+def check_features(project: Path, slot: dict) -> None:
+    """Units that must survive the adapter: depth in metres, finite, non-negative; binaural frames and mels."""
+    for split in ("train", "val", "test"):
+        depth = open_split(project / "data/features" / slot["name"] / split)["depth"]
+        assert np.isfinite(depth).all() and (depth >= 0).all()
+        if slot.get("max_depth_m"):
+            assert depth.max() <= slot["max_depth_m"] and depth.max() > 0
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.archives])
+def test_repro_downloads_once_adapts_and_compares(project, server, name, tmp_path):  # noqa: F811 (the fixture)
+    case = CASES[name]
+    mirror, paths = serve(server, name, case.archives(tmp_path / "tree"))
+    slot = write_params(project, name, {"mirrors": [mirror]})
+    compare = COMPARE[case.slot]
+    out = run(["dvc", "repro", compare], project).stdout
+    stages = ran_stages(out)
+    assert {f"download@{name}", f"synthesize@{case.slot}", f"featurize@{case.slot}", compare} <= stages
+    assert not any(OTHER_FAMILY[case.slot] in s or s.endswith(f"@{OTHER_FAMILY[case.slot]}") for s in stages)
+    assert sorted(server.log) == sorted((p, None) for p in paths)  # each archive, downloaded once
+    family = "depth" if case.slot == "echoes" else "binaural"
+    assert len(json.loads((project / "reports" / family / "compare.json").read_text())["rows"]) >= 4
+    check_features(project, slot)
+    newest = download_runs(project, name).iloc[0]
+    total = sum(len(server.files[p]) for p in paths)
+    assert newest["metrics.fetch_bytes"] == total == newest["metrics.fetch_dataset_bytes"]
+    assert newest["params.dataset"] == name
     # everything in place: nothing reruns, nothing is requested
-    out = run(["dvc", "repro", "compare_depth"], project).stdout
-    assert ran_stages(out) == set()
-    assert server.log == [(path, None)]
+    assert ran_stages(run(["dvc", "repro", compare], project).stdout) == set()
+    assert len(server.log) == len(paths)
 
 
-def test_a_cut_download_resumes_in_the_same_stage_run_and_a_rerun_requests_nothing(project, server, archive):  # noqa: F811 (the imported fixture)
-    mirror, path = serve(server, archive)
-    write_params(project, mirror)
-    shutil.rmtree(project / "data/raw" / REGISTRY_NAME, ignore_errors=True)
+def test_realbinaural_reads_a_local_root_and_compares(project, tmp_path):
+    root = make_realbinaural(tmp_path / "copy")
+    slot = write_params(project, "realbinaural", {"local_root": str(root)})
+    out = run(["dvc", "repro", "compare_binaural"], project).stdout
+    assert {"download@realbinaural", "synthesize@binaural", "compare_binaural"} <= ran_stages(out)
+    stamp = json.loads((project / "data/raw/realbinaural/local_root.json").read_text())
+    assert stamp["local_root"] == str(root) and stamp["files"] > 0
+    check_features(project, slot)
+    assert ran_stages(run(["dvc", "repro", "compare_binaural"], project).stdout) == set()
+    # a changed copy: `dvc repro --force download@realbinaural` refreshes the fingerprint, the adapter reruns
+    wav = sorted((root / "processed").rglob("*.wav"))[0]
+    audio, rate = sf.read(wav)
+    sf.write(wav, audio * 0.5, rate, subtype=sf.info(str(wav)).subtype)
+    run(["dvc", "repro", "--force", "--single-item", "download@realbinaural"], project)
+    assert "synthesize@binaural" in ran_stages(run(["dvc", "repro", "synthesize@binaural"], project).stdout)
+
+
+def test_a_missing_local_root_is_named(project):
+    write_params(project, "realbinaural", {})
+    proc = run(["dvc", "repro", "download@realbinaural"], project, check=False)
+    assert proc.returncode != 0
+    assert "download.realbinaural.local_root" in proc.stdout + proc.stderr
+
+
+def test_a_cut_download_resumes_in_the_same_stage_run_and_a_rerun_requests_nothing(project, server, tmp_path):  # noqa: F811 (the fixture)
+    name = "batvision-v1"
+    archives = CASES[name].archives(tmp_path / "tree")
+    mirror, (path,) = serve(server, name, archives)
+    write_params(project, name, {"mirrors": [mirror]})
+    shutil.rmtree(project / "data/raw" / name, ignore_errors=True)
+    (archive,) = archives.values()
     cut = len(archive) // 2
     server.cut[path] = cut  # the first answer stops after this many bytes
-    out = run(["dvc", "repro", "--force", "--single-item", "synthesize@echoes"], project).stdout
-    assert ran_stages(out) == {"synthesize@echoes"}
+    out = run(["dvc", "repro", "--force", "--single-item", f"download@{name}"], project).stdout
+    assert ran_stages(out) == {f"download@{name}"}
     assert server.log == [(path, None), (path, f"bytes={cut}-")]
-    assert (project / "data/raw" / REGISTRY_NAME / "downloads/BatvisionV1.zip").read_bytes() == archive
-    newest = fetch_runs(project).iloc[0]
-    assert newest["metrics.fetch_bytes"] == len(archive) and newest["metrics.samples"] == 6
+    assert (project / "data/raw" / name / "downloads/BatvisionV1.zip").read_bytes() == archive
+    newest = download_runs(project, name).iloc[0]
+    assert newest["metrics.fetch_bytes"] == len(archive)
     # the stage rerun with the archive downloaded and unpacked: no request
-    run(["dvc", "repro", "--force", "--single-item", "synthesize@echoes"], project)
+    run(["dvc", "repro", "--force", "--single-item", f"download@{name}"], project)
     assert len(server.log) == 2
-    newest = fetch_runs(project).iloc[0]
+    newest = download_runs(project, name).iloc[0]
     assert newest["metrics.fetch_bytes"] == 0 and newest["metrics.fetch_dataset_bytes"] == len(archive)

@@ -40,9 +40,8 @@ from tqdm import tqdm
 from binaural_lab.audio.io import read_audio, write_audio
 from binaural_lab.audio.stft import resample
 from binaural_lab.config import ParamError, UserError
-from binaural_lab.data.download import spec_for_adapter
 from binaural_lab.data.manifest import SPLITS
-from binaural_lab.paths import atomic_path, nested, raw_dir
+from binaural_lab.paths import atomic_path, nested
 
 VERSIONS = {"batvision-v1": "v1", "batvision-v2": "v2"}  # datasets.<slot>.kind -> version
 FOLDERS = {"v1": "BatvisionV1", "v2": "BatvisionV2"}  # what registry.yaml's archives unpack to
@@ -89,16 +88,6 @@ def depth_metres(depth_mm: np.ndarray, max_depth_m: float) -> np.ndarray:
     mm = np.asarray(depth_mm, dtype=np.float64)
     metres = np.where(np.isfinite(mm), mm, 0.0) / 1000.0
     return np.where((metres > 0) & (metres <= max_depth_m), metres, 0.0).astype(np.float32)
-
-
-def default_source_root(kind: str, params: Mapping[str, Any] | None = None) -> Path:
-    """Where ``blab data fetch`` puts the dataset of adapter ``kind``: ``data/raw/<name>/BatvisionV1``
-    (or V2), below ``download.<name>.local_root`` when params set it."""
-    if kind not in VERSIONS:
-        raise ParamError(f"kind {kind!r}: not a Batvision kind ({sorted(VERSIONS)})")
-    spec = spec_for_adapter(kind, params)
-    root = Path(spec.local_root) if spec.local_root else raw_dir(spec.name)
-    return root / FOLDERS[VERSIONS[kind]]
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -260,7 +249,7 @@ def adapt_batvision(
     if not root.is_dir():
         raise BatvisionError(
             f"{root}: Batvision {version.upper()} folder not found; run `blab data fetch batvision-{version}` "
-            "or set datasets.<slot>.source_root"
+            "or set download.<registry name>.local_root"
         )
     if nested(root, out):
         raise ParamError(

@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from binaural_lab.config import ParamError, param, parse
+from binaural_lab.data.download import spec_for_adapter
 from binaural_lab.data.simulate.config import DEPTH_KINDS
 from binaural_lab.paths import features_dir, prepared_dir, raw_dir
 
 SLOTS = ("binaural", "echoes")
-KINDS = ("synthetic", "batvision-v1", "batvision-v2")  # FAIR-Play and RealBinaural adapters are to come
 ECHO_KINDS = ("batvision-v1", "batvision-v2")  # real kinds of the depth slot (binaural_lab.data.batvision)
+BINAURAL_KINDS = ("fairplay", "realbinaural")  # real kinds of the generation slot (data.fairplay, data.realbinaural)
+KINDS = ("synthetic", *ECHO_KINDS, *BINAURAL_KINDS)
+SIMULATOR_INPUT = "src/binaural_lab/data/simulate"  # what a synthetic slot is made from
+SPLIT_SETS = {"official": 10, "pseudobinaural": 5}  # FAIR-Play's split sets and how many splits each has
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -32,15 +36,15 @@ class DatasetConfig:
 
     name: str = param(doc="folder name under data/raw, data/prepared and data/features")
     kind: str = param("synthetic", choices=KINDS, doc="where the raw data comes from")
+    input: str = param(
+        SIMULATOR_INPUT,
+        doc="what synthesize reads, a dependency in dvc.yaml: the simulator's code for a synthetic slot, the folder "
+        "of stage download@<registry name> (data/raw/<registry name>) for a real one",
+    )
     sample_rate: int = param(22050, ge=8000, le=192000, doc="audio sample rate of the raw data, Hz")
     max_depth_m: float | None = param(None, gt=0, doc="depth datasets: depths beyond are invalid")
     depth_kind: str | None = param(
         None, choices=(*DEPTH_KINDS, None), doc="planar (along the optical axis) or ray (along each ray)"
-    )
-    source_root: str | None = param(
-        None,
-        doc="real kinds: the unpacked dataset (relative: to the project); null: where `blab data fetch` puts it, "
-        "data/raw/<registry name>/BatvisionV1 (V2), or below download.<registry name>.local_root",
     )
     published_splits: bool = param(
         True,
@@ -50,14 +54,38 @@ class DatasetConfig:
     cut_audio: bool = param(
         True, doc="Batvision: keep the first 2 * max_depth_m / 340 s of each recording (the V2 loader's cut)"
     )
+    split_set: str = param(
+        "official", choices=tuple(SPLIT_SETS), doc="FAIR-Play: the 10 official splits or PseudoBinaural's 5 new ones"
+    )
+    split: int = param(1, ge=1, doc="FAIR-Play: which split of split_set")
+    segment_seconds: float | None = param(
+        None, gt=0, doc="FAIR-Play, RealBinaural: recordings cut into samples of this length; null: one per recording"
+    )
+    fps: float = param(10.0, gt=0, doc="FAIR-Play, RealBinaural: the frame grid a sample's frame is picked on")
 
     def validate(self, where: str) -> None:
         if not _NAME.match(self.name):
             raise ParamError(f"{where}.name: {self.name!r} must be lower-case letters, digits, '.', '_' or '-'")
-        if self.kind == "synthetic" and self.source_root is not None:
-            raise ParamError(f"{where}.source_root: a synthetic dataset is simulated, not read from a folder")
+        expected = self.expected_input()
+        if self.input != expected:
+            raise ParamError(f"{where}.input: kind {self.kind!r} reads {expected!r}, got {self.input!r}")
         if self.kind in ECHO_KINDS and self.depth_kind not in (None, "planar"):
             raise ParamError(f"{where}.depth_kind: Batvision's depth (ZED stereo camera) is planar")
+        if self.kind == "fairplay" and self.split > SPLIT_SETS[self.split_set]:
+            raise ParamError(
+                f"{where}.split: {self.split_set} has splits 1 to {SPLIT_SETS[self.split_set]}, got {self.split}"
+            )
+
+    def expected_input(self) -> str:
+        """``input`` as the kind requires it (the real kinds' registry dataset fixes its download folder)."""
+        if self.kind == "synthetic":
+            return SIMULATOR_INPUT
+        return f"data/raw/{self.registry_name}"
+
+    @property
+    def registry_name(self) -> str:
+        """The registry dataset that a real kind is adapted from."""
+        return spec_for_adapter(self.kind).name
 
     @property
     def raw(self) -> Path:
@@ -82,6 +110,8 @@ def dataset(params: Mapping[str, Any], slot: str) -> DatasetConfig:
     cfg = parse(DatasetConfig, section[slot], f"datasets.{slot}")
     if cfg.kind in ECHO_KINDS and slot != "echoes":
         raise ParamError(f"datasets.{slot}.kind: {cfg.kind!r} is a depth dataset, for the slot 'echoes'")
+    if cfg.kind in BINAURAL_KINDS and slot != "binaural":
+        raise ParamError(f"datasets.{slot}.kind: {cfg.kind!r} is a binaural dataset, for the slot 'binaural'")
     if slot == "echoes":
         for key in ("max_depth_m", "depth_kind"):
             if getattr(cfg, key) is None:

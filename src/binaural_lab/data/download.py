@@ -216,9 +216,7 @@ def spec_for_adapter(adapter: str, params: Mapping[str, Any] | None = None) -> D
     """The registry dataset read by ``adapter`` (a ``datasets.<slot>.kind``), with its overrides."""
     names = [name for name, spec in load_registry().items() if spec.adapter == adapter]
     if not names:
-        raise ParamError(
-            f"kind {adapter!r}: no dataset of {REGISTRY} has this adapter; set datasets.<slot>.source_root"
-        )
+        raise ParamError(f"kind {adapter!r}: no dataset of {REGISTRY} has this adapter")
     return dataset_spec(names[0], params)
 
 

@@ -49,8 +49,10 @@ ECHO_CONVENTION = (
     "depth: metres, 0 = invalid (non-finite, <= 0 or > max_depth_m), nearest resize so invalid zeros "
     "do not blend into edges"
 )
-BINAURAL_INDEX = ["sample_id", "room_id", "azimuth_deg", "elevation_deg", "distance_m", "pixel_x", "pixel_y"]
-BINAURAL_FILES = ["binaural_path", "mono_path", "frame_path", "depth_path"]
+BINAURAL_INDEX = ["sample_id", "room_id"]
+# the main source's geometry, indexed where the dataset knows it (the synthetic scenes; not FAIR-Play)
+BINAURAL_GEOMETRY = ["azimuth_deg", "elevation_deg", "distance_m", "pixel_x", "pixel_y"]
+BINAURAL_FILES = ["binaural_path", "mono_path", "frame_path"]  # and depth_path where the dataset has depth
 MAX_SOURCES = 4  # rows of the positions array; a scene with more sources keeps the first MAX_SOURCES
 ECHO_INDEX = ["sample_id", "room_id"]
 ECHO_FILES = ["audio_path", "depth_path"]
@@ -109,8 +111,11 @@ def compute_binaural_features(
     Shapes per sample: mel [3, n_mels, clip_samples // hop], stft [2, 2, stft_n_fft // 2 + 1, T'],
     frame uint8 [3, H, W], depth [H, W], positions [MAX_SOURCES, 3] (from the manifest's ``sources``
     column, a JSON list of objects with ``pixel_x`` and ``pixel_y``; all absent when it has none).
+    A dataset without depth maps (no ``depth_path`` column: FAIR-Play, RealBinaural) gets all-zero
+    depth, the value of an invalid pixel, and ``has_depth: false`` in the shards' config.
     """
     table, _ = _checked_manifest(manifest, raw_dir, BINAURAL_INDEX + BINAURAL_FILES)
+    index = BINAURAL_INDEX + [c for c in BINAURAL_GEOMETRY if c in table.columns]
     n = _clip_samples(table, raw_dir, cfg)
     probe = _binaural_audio_features(torch.zeros(1, 3, n), cfg)
     arrays = {name: ArraySpec(tuple(values.shape[1:]), "float32") for name, values in probe.items()}
@@ -118,10 +123,8 @@ def compute_binaural_features(
     arrays["depth"] = ArraySpec(tuple(cfg.frame_size), "float32")
     arrays["positions"] = ArraySpec((MAX_SOURCES, 3), "float32")
     featurize = functools.partial(_binaural_batch, raw_dir=raw_dir, cfg=cfg, n=n)
-    config = {**to_dict(cfg), "clip_samples": n}
-    return _write_splits(
-        table, out_dir, arrays, featurize, BINAURAL_INDEX, config, BINAURAL_CONVENTION, cfg.batch_size, workers
-    )
+    config = {**to_dict(cfg), "clip_samples": n, "has_depth": "depth_path" in table.columns}
+    return _write_splits(table, out_dir, arrays, featurize, index, config, BINAURAL_CONVENTION, cfg.batch_size, workers)
 
 
 def compute_echo_features(
@@ -201,7 +204,10 @@ def _binaural_batch(rows: pd.DataFrame, raw_dir: Path, cfg: BinauralFeatureConfi
     sources = rows["sources"] if "sources" in rows else [None] * len(rows)
     pairs = zip(sources, frames, rows["frame_path"], strict=True)
     out["positions"] = np.stack([_source_positions(s, size, raw_dir / p) for s, (_, size), p in pairs])
-    out["depth"] = np.stack([_load_depth(raw_dir / p, cfg.frame_size, None) for p in rows["depth_path"]])
+    if "depth_path" in rows:
+        out["depth"] = np.stack([_load_depth(raw_dir / p, cfg.frame_size, None) for p in rows["depth_path"]])
+    else:
+        out["depth"] = np.zeros((len(rows), *cfg.frame_size), np.float32)
     return out
 
 
