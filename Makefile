@@ -17,7 +17,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # Everything `make lock` passes to the resolver: the target (Linux x86_64, CPython 3.11, PyPI only, so
 # torch's CUDA wheels are locked too) and the header comment that names the command to rerun.
-UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --extra postgres --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple --generate-hashes \
 	--custom-compile-command 'make lock' --quiet $(LOCK_FLAGS)
 
