@@ -6,6 +6,11 @@ which fixes its folders (``data/raw/<name>``, ``data/prepared/<name>``, ``data/f
 templated into dvc.yaml as ``${datasets.<slot>.name}``), its kind and the facts that the stages
 downstream need (sample rate, maximum depth, depth kind). Switching to a real dataset is a named
 pipeline that fills the slot differently; no code or dvc.yaml changes.
+
+A real kind (Batvision V1 / V2 for the depth slot, FAIR-Play and RealBinaural for the generation
+slot) is adapted from the files of its registry dataset (``registry.yaml``), which stage
+download@<registry name> puts in data/raw/<registry name>; ``input`` names that folder, the
+dependency dvc.yaml gives synthesize@<slot> (for a synthetic slot: the simulator's code).
 """
 
 from __future__ import annotations
