@@ -9,29 +9,14 @@ from binaural_lab import tracking
 from binaural_lab.config import to_dict
 from binaural_lab.data import features
 from binaural_lab.data.datasets import dataset
-from binaural_lab.stage import BaseParams, config, entry, load_params, section
+from binaural_lab.stage import BaseParams, config, entry, load_params
 
 
 @entry
 def main(slot: str) -> None:
     params = load_params()
     data = dataset(params, slot)
-    if slot == "binaural":
-        # the mel sample rate is the dataset's: one key in params, not two to keep in step
-        mel = {**(section(params, "featurize_binaural").get("mel") or {}), "sample_rate": data.sample_rate}
-        cfg = config(params, "featurize_binaural", features.BinauralFeatureConfig, mel=mel)
-        compute = features.compute_binaural_features
-    elif slot == "echoes":
-        cfg = config(
-            params,
-            "featurize_echoes",
-            features.EchoFeatureConfig,
-            sample_rate=data.sample_rate,
-            max_depth_m=data.max_depth_m,
-        )
-        compute = features.compute_echo_features
-    else:
-        raise typer.BadParameter(f"slot must be binaural or echoes, got {slot!r}")
+    cfg, compute = features.slot_features(params, slot)
     manifest_file = data.prepared / "manifest.parquet"
     with tracking.stage_run("data", f"featurize_{slot}", to_dict(cfg), data=[manifest_file]):
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,11 @@ from binaural_lab.audio.io import AudioFileError, read_audio
 from binaural_lab.audio.mel import MelConfig, mel_spectrogram
 from binaural_lab.audio.stft import echo_spectrogram, resample, stft_features
 from binaural_lab.config import ParamError, UserError, param, to_dict
+from binaural_lab.data.datasets import dataset
 from binaural_lab.data.manifest import SPLITS, ManifestError, check_table, load_manifest
 from binaural_lab.data.shards import ArraySpec, write_split
 from binaural_lab.paths import atomic_path
+from binaural_lab.stage import config, section
 
 BINAURAL_CONVENTION = (
     "mel: BigVGAN log-mel (binaural_lab.audio.mel), channels (mono, left, right), clips cut from their start "
@@ -100,6 +102,18 @@ class EchoFeatureConfig:
         """Check the relations between fields."""
         if self.win > self.n_fft:
             raise ParamError(f"{where}.win: {self.win} is larger than n_fft {self.n_fft}")
+
+
+def slot_features(params: Mapping[str, Any], slot: str) -> tuple[BinauralFeatureConfig | EchoFeatureConfig, Callable]:
+    """The feature config of ``featurize_<slot>`` with the dataset's facts filled in, and the function
+    that computes them (:func:`compute_binaural_features` or :func:`compute_echo_features`)."""
+    data = dataset(params, slot)
+    if slot == "binaural":
+        # the mel sample rate is the dataset's: one key in params, not two to keep in step
+        mel = {**(section(params, "featurize_binaural").get("mel") or {}), "sample_rate": data.sample_rate}
+        return config(params, "featurize_binaural", BinauralFeatureConfig, mel=mel), compute_binaural_features
+    facts = {"sample_rate": data.sample_rate, "max_depth_m": data.max_depth_m}
+    return config(params, "featurize_echoes", EchoFeatureConfig, **facts), compute_echo_features
 
 
 def compute_binaural_features(
