@@ -76,12 +76,18 @@ def init_project(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = init_project(tmp_path_factory.mktemp("project"))
+def tiny_project(root: Path) -> Path:
+    """:func:`init_project` with the tiny pipeline as params.yaml, all of it committed."""
+    init_project(root)
     run(["blab", "pipeline", "use", "tiny"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tiny_project(tmp_path_factory.mktemp("project"))
     run(["dvc", "repro"], root)
     return root
 

@@ -62,7 +62,9 @@ def tune(
         "inference-time study of generate_mels (guidance scale, DDIM steps, eta) on the trained model",
     ),
     n_trials: int = typer.Option(None, help="finished trials the study should hold (default tune.n_trials)"),
-    storage: str = typer.Option(None, help="journal file or database URL (default tune.storage)"),
+    storage: str = typer.Option(
+        None, help="journal file (one host) or postgresql://user@host:port/db (several hosts); default tune.storage"
+    ),
 ) -> None:
     """Run (or resume) the Optuna study for FAMILY MODEL and export its best parameters."""
     from binaural_lab.family import check_searched_terms_active, direction, get_family, make_objective
@@ -106,9 +108,11 @@ def tune(
     )
     best = export_best(study, target, _best_file(family, model))
     states = [t.state.name for t in study.trials]
+    # FAIL: a trial that raised, or whose worker died (its parameters were retried as another trial)
+    failed = f", {states.count('FAIL')} failed" if "FAIL" in states else ""
     typer.echo(
         f"study {name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
-        f"{states.count('PRUNED')} pruned); best val_{metric} = {best['value']:.4f} "
+        f"{states.count('PRUNED')} pruned{failed}); best val_{metric} = {best['value']:.4f} "
         f"(trial {best['trial']}): {best['params']}"
     )
     typer.echo(

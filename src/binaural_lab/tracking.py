@@ -2,8 +2,11 @@
 
 The store is a sqlite database with artifacts beside it, both under ``mlruns/`` of the project root
 (absolute paths, so queued DVC experiments and parallel Optuna workers share it), unless
-MLFLOW_TRACKING_URI is set. Models are logged as state-dict artifacts plus their config, never
-through ``mlflow.pytorch.log_model`` (its torch.export default breaks on weight norm and samplers).
+MLFLOW_TRACKING_URI is set. With a tracking server (``http://host:port``, started with
+``--serve-artifacts``) the server chooses the experiments' artifact location, so every host uploads
+its models, figures and WAVs through it; with any other store they go under the project's
+``mlruns/artifacts``. Models are logged as state-dict artifacts plus their config, never through
+``mlflow.pytorch.log_model`` (its torch.export default breaks on weight norm and samplers).
 """
 
 from __future__ import annotations
@@ -39,18 +42,31 @@ def artifact_root(root: Path | None = None) -> Path:
     return (root or store_root()) / STORE_DIR / "artifacts"
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server, which stores (or proxies) the artifacts itself."""
+    return uri.split("://", 1)[0].lower() in ("http", "https")
+
+
 def experiment_id(family: str) -> str:
-    """Get or create the experiment ``binaural-lab/<family>`` with artifacts under mlruns/artifacts."""
-    mlflow.set_tracking_uri(tracking_uri())
+    """Get or create the experiment ``binaural-lab/<family>``: its artifacts where a tracking server
+    puts them (``mlflow-artifacts:/`` with ``--serve-artifacts``), else under mlruns/artifacts."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     name = f"{EXPERIMENT_PREFIX}/{family}"
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = artifact_root() / family
-    location.mkdir(parents=True, exist_ok=True)
+    location = None
+    if not is_server(uri):
+        folder = artifact_root() / family
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location.as_uri())
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        # created meanwhile by a worker of this or another host
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
@@ -83,16 +99,23 @@ def stage_run(
     data: list[Path] | None = None,
     nested: bool = False,
     run_name: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Start a run for one stage execution, log its params (flattened) and tags, end it on exit.
 
-    Under torchrun only rank 0 tracks: other ranks get ``None`` and every ``log_*`` is a no-op there.
+    ``nested`` nests it under the active run; ``parent_run_id`` under that run, which stays as it is
+    (not reopened, so a process killed inside cannot leave the parent RUNNING). Under torchrun only
+    the job's rank 0 (RANK, the global rank, on whichever node) tracks: other ranks get ``None`` and
+    every ``log_*`` is a no-op there.
     """
     if int(os.environ.get("RANK", "0")) != 0:
         yield None
         return
     exp = experiment_id(family)
-    with mlflow.start_run(experiment_id=exp, run_name=run_name or stage, nested=nested) as run:
+    nest = nested or parent_run_id is not None
+    with mlflow.start_run(
+        experiment_id=exp, run_name=run_name or stage, nested=nest, parent_run_id=parent_run_id
+    ) as run:
         mlflow.set_tags(run_tags(stage, data))
         log_params(params)
         yield run

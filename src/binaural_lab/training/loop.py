@@ -31,7 +31,10 @@ CPU, NCCL on CUDA); every epoch's seeded permutation is shared and split across 
 its own random numbers with ``seed + rank``, training metrics are averaged over ranks, and BatchNorm
 becomes SyncBatchNorm when ``sync_batchnorm`` is set. Rank 0 alone validates, calls back and writes;
 it then tells the others whether that raised, and if it did they raise :class:`StoppedByRank0`
-instead of waiting for it.
+instead of waiting for it. Ranks are the job's global ranks (RANK, not LOCAL_RANK): with
+``torchrun --nnodes N`` rank 0 is one process of one node (with the c10d rendezvous, the node whose
+address sorts first; it ignores ``--node-rank``). Rank 0 also reads the checkpoint and sends it to
+every rank, so the nodes of a multi-node job resume alike without a shared file system.
 """
 
 from __future__ import annotations
@@ -547,25 +550,34 @@ class Trainer:
             torch.save(state, tmp)
 
     def _read_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint to resume, if it was written for this fingerprint; a stale one is moved aside."""
-        path = self.checkpoint_path
-        state = None
-        if path.is_file():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:  # written by an older loop, with arbitrary pickled objects
-                state = {"fingerprint": "unreadable"}
+        """The checkpoint to resume, if it was written for this fingerprint; a stale one is moved aside.
+
+        Rank 0 reads it (it alone writes it) and sends it to every other rank, so that all resume the
+        same state even when the nodes of a multi-node job share no file system.
+        """
+        state = self._read_own_checkpoint() if self.is_main else None
         if self.world > 1:
-            dist.barrier()  # every rank has read last.pt before rank 0 may move it
-        if state is None or state["fingerprint"] == self.fingerprint:
+            box = [state]
+            dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+            state = box[0]
+        return state
+
+    def _read_own_checkpoint(self) -> dict[str, Any] | None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # written by an older loop, with arbitrary pickled objects
+            state = {"fingerprint": "unreadable"}
+        if state["fingerprint"] == self.fingerprint:
             return state
-        if self.is_main:
-            aside = _unused_path(path.with_name(f"last.{state['fingerprint']}.pt"))
-            path.rename(aside)
-            tqdm.write(
-                f"{path} was written for other settings, data or code (fingerprint {state['fingerprint']}, "
-                f"now {self.fingerprint}): moved it to {aside} and training from scratch"
-            )
+        aside = _unused_path(path.with_name(f"last.{state['fingerprint']}.pt"))
+        path.rename(aside)
+        tqdm.write(
+            f"{path} was written for other settings, data or code (fingerprint {state['fingerprint']}, "
+            f"now {self.fingerprint}): moved it to {aside} and training from scratch"
+        )
         return None
 
     def _resume(
