@@ -224,11 +224,25 @@ def test_bad_echo_file_midway_leaves_no_output(echo: tuple[Path, pd.DataFrame], 
 def test_missing_column_names_column_and_manifest(binaural: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     raw, manifest = binaural
     path = tmp_path / "manifest.parquet"
-    manifest.drop(columns="pixel_y").to_parquet(path)
+    manifest.drop(columns="mono_path").to_parquet(path)
     out = tmp_path / "features"
-    with pytest.raises(ManifestError, match=r"manifest\.parquet.*pixel_y"):
+    with pytest.raises(ManifestError, match=r"manifest\.parquet.*mono_path"):
         compute_binaural_features(path, raw, out, CFG)
     assert not out.exists()
+
+
+def test_a_dataset_without_depth_or_geometry_gets_zero_depth_and_says_so(binaural, tmp_path) -> None:
+    raw, manifest = binaural
+    out = tmp_path / "features"
+    compute_binaural_features(manifest.drop(columns=["depth_path", "azimuth_deg", "pixel_x"]), raw, out, CFG)
+    reader = ShardReader(out / "train")
+    assert reader.meta["config"]["has_depth"] is False
+    assert not reader.arrays()["depth"].any()
+    assert "azimuth_deg" not in pd.read_parquet(out / "train" / "index.parquet").columns
+    with_depth = tmp_path / "with_depth"
+    compute_binaural_features(manifest, raw, with_depth, CFG)
+    assert ShardReader(with_depth / "train").meta["config"]["has_depth"] is True
+    assert ShardReader(with_depth / "train").arrays()["depth"].any()
 
 
 def test_reader_errors_name_the_dir_or_file(echo: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
