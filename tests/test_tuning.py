@@ -67,6 +67,32 @@ def test_a_failing_trial_still_fails_its_runs(mlflow_store, tmp_path):
     assert list(children["status"]) == ["FAILED"]
 
 
+def test_a_trial_that_ends_while_a_worker_counts_is_counted_once(mlflow_store, tmp_path, monkeypatch):
+    """Another worker's trial ends right after this worker's first read of the study: that read saw
+    it running, so the worker waits for it and starts nothing (a study of 2 ends with 2 trials)."""
+    cfg = _config(tmp_path, storage=f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
+    other = optuna.create_study(study_name="depth-race", storage=cfg.storage)  # the other worker's view
+    other.tell(other.ask(), 1.0)
+    theirs = other.ask()  # running on the other worker (no heartbeat yet: not stale)
+    read = optuna.storages._CachedStorage.get_all_trials
+    ended: list[bool] = []
+
+    def read_then_end_theirs(self, *args, **kwargs):
+        trials = read(self, *args, **kwargs)
+        if not ended:
+            ended.append(True)
+            other.tell(theirs, 2.0)
+        return trials
+
+    monkeypatch.setattr(optuna.storages._CachedStorage, "get_all_trials", read_then_end_theirs)
+    ran: list[dict] = []
+    study = run_study(
+        "depth-race", "depth", SPACE, lambda params, report: ran.append(params) or 0.5, cfg, "rmse", "minimize", 2
+    )
+    assert ended and not ran
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 @pytest.mark.parametrize(("metric", "best"), [("delta1", 0.9), ("rmse", 0.2)])
 def test_the_direction_follows_the_metric(mlflow_store, tmp_path, metric, best):
     values = iter([0.2, 0.9, 0.5])

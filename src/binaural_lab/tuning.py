@@ -202,7 +202,9 @@ class RetryDeadTrial:
     parameters as a new WAITING trial (Optuna's RetryHeartbeatStaleTrialCallback)."""
 
     def __init__(self, max_retry: int | None):
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         worker = trial.user_attrs.get(WORKER_ATTR, "unknown")
@@ -354,8 +356,14 @@ def _parent_run(study: optuna.Study, storage: str, family: str, params: Mapping[
     return run_id
 
 
-def _count(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
+def _tally(study: optuna.Study) -> tuple[int, list[int]]:
+    """The finished trials' count and the running trials' numbers, from one read of the storage.
+
+    One read, not one per state: a trial that finishes between two reads would be in neither, and
+    a worker counting then would start a trial too many.
+    """
+    trials = study.get_trials(deepcopy=False)
+    return sum(t.state in FINISHED for t in trials), sorted(t.number for t in trials if t.state in RUNNING)
 
 
 # objective(values, report) -> final metric; report(epoch, metric) may raise optuna.TrialPruned
@@ -427,7 +435,7 @@ def run_study(
     if is_database(cfg.storage) and cfg.heartbeat_interval is not None:  # RUNNING is kept true by heartbeats
         _optimize_exactly(study, trial_fn, target, cfg)
         return study
-    done = _count(study, FINISHED)
+    done, _ = _tally(study)
     if done < target:
         study.optimize(
             trial_fn,
@@ -467,15 +475,13 @@ def _optimize_exactly(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-            done = _count(study, FINISHED)
+            done, numbers = _tally(study)
             if done >= target:
                 return
-            active = study.get_trials(deepcopy=False, states=RUNNING)
-            if done + len(active) < target:
+            if done + len(numbers) < target:
                 study.optimize(trial_started, n_trials=1, catch=())
                 waited_for = None
                 continue
-        numbers = sorted(t.number for t in active)
         if numbers != waited_for:
             print(
                 f"study {study.study_name}: {done}/{target} finished; waiting for trial(s) {numbers} "
