@@ -13,7 +13,7 @@ import soundfile as sf
 from PIL import Image
 
 from binaural_lab.config import ParamError, UserError
-from binaural_lab.data.clips import COLUMNS, HOP, VideoFileError, grid_time
+from binaural_lab.data.clips import COLUMNS, HOP, VideoFileError, grid_time, read_video_frames
 from binaural_lab.data.fairplay import (
     PSEUDOBINAURAL_DIR,
     FairPlayError,
@@ -215,6 +215,16 @@ def test_frame_is_the_one_at_the_segment_centre(tmp_path, video_fps):
         assert row.frame_seconds == pytest.approx(grid_time(centre, 10.0))
         with Image.open(tmp_path / "raw" / row.frame_path) as img:
             assert image_index(np.asarray(img)) == round(row.frame_seconds * video_fps)
+
+
+@pytest.mark.parametrize("gop", [1, 12, 300])  # a keyframe on every frame, twice a second, none after the first
+def test_each_wanted_time_gets_its_nearest_frame_whatever_the_keyframes(tmp_path, gop):
+    video = tmp_path / "v.mp4"
+    write_video(video, 4.0, 30.0, gop=gop)
+    # unsorted, repeated, within one frame of each other, across keyframes, the first and the last frame
+    frames = [61.3, 2.2, 0.0, 61.3, 61.4, 61.6, 30.2, 29.9, 119.0, 12.7, 11.8, 100.1, 0.4]
+    images = read_video_frames(video, [f / 30.0 for f in frames], 4.0, 10.0)
+    assert [image_index(img) for img in images] == [round(f) for f in frames]
 
 
 def test_pseudobinaural_lines_without_final_newline(source, tmp_path):

@@ -23,8 +23,8 @@ midway leaves a previous output untouched and nothing half-written.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import math
 import re
 import shutil
 from collections.abc import Iterator, Sequence
@@ -197,10 +197,12 @@ def read_video_frames(path: Path, times: Sequence[float], audio_seconds: float, 
     """The RGB frames (uint8 ``[H, W, 3]``) of the video ``path`` nearest each of ``times`` (seconds from
     the start of the container), in the order given.
 
-    Only what the frames need is decoded: for each time the demuxer seeks to the keyframe before it and
-    decodes forward to the first frame past it. Fails, naming the file, on an unreadable video, one
-    without a video stream, or one that ends more than a frame of the ``fps`` grid before the audio
-    (``audio_seconds`` long) or before a wanted time.
+    Each frame is decoded once at most, and only what the wanted frames need: the packets are read
+    once (without decoding) for the keyframes' times, then the wanted times are visited in order,
+    decoding forward from the current position, or from the keyframe before the next time when that
+    keyframe lies ahead. Fails, naming the file, on an unreadable video, one without a video stream,
+    or one that ends more than a frame of the ``fps`` grid before the audio (``audio_seconds`` long)
+    or before a wanted time.
     """
     slack = 1.0 / fps
     try:
@@ -212,29 +214,28 @@ def read_video_frames(path: Path, times: Sequence[float], audio_seconds: float, 
             raise VideoFileError(f"{path}: holds no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        origin = container.start_time / av.time_base if container.start_time is not None else 0.0
         duration = _duration(container, stream)
         if duration is not None and duration < audio_seconds - slack:
             raise VideoFileError(
                 f"{path}: video lasts {duration:.3f} s, shorter than its audio ({audio_seconds:.3f} s)"
             )
         period = 1.0 / float(stream.average_rate) if stream.average_rate else slack
-        picked: dict[float, np.ndarray] = {}
-        for t in sorted(set(times)):
-            try:
-                found = _nearest_frame(container, stream, t, origin, period)
-            except av.FFmpegError as exc:
-                raise VideoFileError(f"{path}: decoding failed near {t:.3f} s ({exc})") from exc
-            if found is None:
-                raise VideoFileError(f"{path}: no video frame could be decoded near {t:.3f} s")
-            frame, frame_time = found
-            if frame_time < t - max(period, slack):
-                raise VideoFileError(
-                    f"{path}: video ends at {frame_time + period:.3f} s, before the frame wanted at {t:.3f} s "
-                    f"(audio lasts {audio_seconds:.3f} s)"
-                )
-            picked[t] = frame.to_ndarray(format="rgb24")
-    return [picked[t] for t in times]
+        try:
+            picked = _nearest_frames(container, stream, sorted(set(times)))
+        except av.FFmpegError as exc:
+            raise VideoFileError(f"{path}: decoding failed ({exc})") from exc
+    out = []
+    for t in times:
+        if t not in picked:
+            raise VideoFileError(f"{path}: no video frame could be decoded near {t:.3f} s")
+        image, frame_time = picked[t]
+        if frame_time < t - max(period, slack):
+            raise VideoFileError(
+                f"{path}: video ends at {frame_time + period:.3f} s, before the frame wanted at {t:.3f} s "
+                f"(audio lasts {audio_seconds:.3f} s)"
+            )
+        out.append(image)
+    return out
 
 
 def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
@@ -246,28 +247,30 @@ def _duration(container: av.container.InputContainer, stream: av.VideoStream) ->
     return None
 
 
-def _nearest_frame(
-    container: av.container.InputContainer, stream: av.VideoStream, t: float, origin: float, period: float
-) -> tuple[av.VideoFrame, float] | None:
-    """The decoded frame whose time is nearest ``t`` and that time; seeks to the keyframe before ``t``
-    (from the very start when the seek lands after ``t``)."""
-    found = _scan(container, stream, max(0.0, t + origin), t, origin)
-    if found is not None and found[1] > t + period and t > 0:
-        found = _scan(container, stream, origin, t, origin)  # the seek overshot: decode from the start
-    return found
-
-
-def _scan(
-    container: av.container.InputContainer, stream: av.VideoStream, seek_to: float, t: float, origin: float
-) -> tuple[av.VideoFrame, float] | None:
-    container.seek(math.floor(seek_to / stream.time_base), stream=stream, backward=True, any_frame=False)
-    best, best_time = None, math.inf
-    for frame in container.decode(stream):
-        if frame.time is None:
-            continue
-        frame_time = frame.time - origin
-        if abs(frame_time - t) < abs(best_time - t):  # on a tie the earlier frame stays
-            best, best_time = frame, frame_time
-        if frame_time > t:
-            break
-    return None if best is None else (best, best_time)
+def _nearest_frames(
+    container: av.container.InputContainer, stream: av.VideoStream, times: list[float]
+) -> dict[float, tuple[np.ndarray, float]]:
+    """``{t: (rgb image, its time)}`` for the sorted ``times``: the decoded frame nearest each ``t``
+    (the earlier one on a tie). A frame's time counts from the container's start."""
+    origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    keyframes = sorted(
+        packet.pts for packet in container.demux(stream) if packet.is_keyframe and packet.pts is not None
+    ) or [stream.start_time or 0]  # no keyframe flagged: decode from the start
+    key_times = [float(pts * stream.time_base) - origin for pts in keyframes]
+    decoded: Iterator[av.VideoFrame] = iter(())
+    window: list[tuple[av.VideoFrame, float]] = []  # the last two frames decoded, in time order
+    picked: dict[float, tuple[np.ndarray, float]] = {}
+    for t in times:
+        key = max(bisect.bisect_right(key_times, t) - 1, 0)  # the keyframe at or before t (else the first)
+        if not window or window[-1][1] < key_times[key]:
+            container.seek(keyframes[key], stream=stream, backward=True, any_frame=False)
+            decoded, window = container.decode(stream), []
+        while not window or window[-1][1] <= t:
+            frame = next((f for f in decoded if f.time is not None), None)
+            if frame is None:  # the end of the video
+                break
+            window = [*window[-1:], (frame, frame.time - origin)]
+        if window:
+            frame, frame_time = min(window, key=lambda item: (abs(item[1] - t), item[1]))
+            picked[t] = frame.to_ndarray(format="rgb24"), frame_time
+    return picked
