@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from binaural_lab.audio.mel import MEL_HOP
 from binaural_lab.config import ParamError, UserError
-from binaural_lab.data.clips import COLUMNS, HOP, VideoFileError, grid_time, read_video_frames
+from binaural_lab.data.clips import COLUMNS, VideoFileError, grid_time, read_video_frames
 from binaural_lab.data.fairplay import (
     PSEUDOBINAURAL_DIR,
     FairPlayError,
@@ -155,7 +156,7 @@ def test_layout_and_columns(adapted):
     table, out = adapted
     assert table.equals(pd.read_parquet(out / "scenes.parquet"))
     assert set(COLUMNS) <= set(table.columns) and "depth_path" not in table.columns
-    n = 16000 // HOP * HOP
+    n = 16000 // MEL_HOP * MEL_HOP
     assert len(table) == 6 * 3 and (table["num_samples"] == n).all() and (table["sample_rate"] == 16000).all()
     assert sorted(p.name for p in out.iterdir()) == ["binaural", "frames", "mono", "scenes.parquet"]
     for row in table.itertuples():
@@ -193,7 +194,7 @@ def test_segments_never_straddle_splits_and_prepare_keeps_them(adapted, tmp_path
 @pytest.mark.parametrize("rate", [22050, 16000])
 def test_left_ear_still_leads_after_resampling(source, tmp_path, rate):
     table = adapt_fairplay(source, tmp_path / "raw", rate, "official", 1, None)
-    assert len(table) == 6 and (table["num_samples"] == 3 * rate // HOP * HOP).all()
+    assert len(table) == 6 and (table["num_samples"] == 3 * rate // MEL_HOP * MEL_HOP).all()
     for row in table.itertuples():
         binaural, sr = sf.read(tmp_path / "raw" / row.binaural_path, dtype="float32", always_2d=True)
         mono, _ = sf.read(tmp_path / "raw" / row.mono_path, dtype="float32")
@@ -208,7 +209,7 @@ def test_left_ear_still_leads_after_resampling(source, tmp_path, rate):
 def test_frame_is_the_one_at_the_segment_centre(tmp_path, video_fps):
     source = make_fairplay(tmp_path / "src", n_clips=3, seconds=2.0, video_fps=video_fps)
     table = adapt_fairplay(source, tmp_path / "raw", 22050, "official", 2, 0.3)
-    n = round(0.3 * 22050) // HOP * HOP
+    n = round(0.3 * 22050) // MEL_HOP * MEL_HOP
     assert len(table) == 3 * (2 * 22050 // n)
     for row in table.itertuples():
         centre = (row.scene_index * n + n / 2) / 22050

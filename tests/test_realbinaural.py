@@ -11,8 +11,9 @@ import soundfile as sf
 from PIL import Image
 from test_fairplay import image_index, index_image, lag, leftovers
 
+from binaural_lab.audio.mel import MEL_HOP
 from binaural_lab.config import ParamError, UserError
-from binaural_lab.data.clips import COLUMNS, HOP, grid_time
+from binaural_lab.data.clips import COLUMNS, grid_time
 from binaural_lab.data.manifest import SPLITS, SplitConfig, build_manifest
 from binaural_lab.data.realbinaural import RealBinauralError, adapt_realbinaural
 
@@ -90,7 +91,7 @@ def test_layout_and_columns(adapted):
     assert table.equals(pd.read_parquet(out / "scenes.parquet"))
     assert set(COLUMNS) | {"sources", "action_label", "csv_split", "frame_index"} <= set(table.columns)
     assert "depth_path" not in table.columns
-    n = 8000 // HOP * HOP
+    n = 8000 // MEL_HOP * MEL_HOP
     per_row = [int((end - start) * 16000) // n for _, start, end, _ in TRAIN_ROWS + VAL_ROWS]
     assert len(table) == sum(per_row) and (table["num_samples"] == n).all()
     assert sorted(p.name for p in out.iterdir()) == ["binaural", "frames", "mono", "scenes.parquet"]

@@ -18,6 +18,7 @@ from torch import Tensor
 from binaural_lab.audio.stft import complex_stft
 from binaural_lab.config import ParamError, param
 
+MEL_HOP = 256  # BigVGAN's 22 kHz hop; simulated and adapted clips are cut to multiples of it
 MEL_LOG_MIN = -12.0
 MEL_LOG_MAX = 2.5
 
@@ -28,7 +29,7 @@ class MelConfig:
 
     sample_rate: int = param(22050, gt=0, doc="Hz")
     n_fft: int = param(1024, gt=0)
-    hop: int = param(256, gt=0, doc="samples per mel frame")
+    hop: int = param(MEL_HOP, gt=0, doc="samples per mel frame")
     win: int = param(1024, gt=0)
     n_mels: int = param(80, gt=0)
     fmin: float = param(0.0, ge=0)

@@ -10,7 +10,7 @@ read real and synthetic data alike. Paths are relative to the output folder:
 * ``scenes.parquet``: one row per sample with at least :data:`COLUMNS`.
 
 Samples are fixed-length segments: ``segment_seconds`` long (:func:`segment_samples`: rounded down to
-a multiple of the mel hop, :data:`HOP`), cut back to back from the start of a recording (or of a time
+a multiple of the mel hop, :data:`MEL_HOP`), cut back to back from the start of a recording (or of a time
 range of it), a trailing partial segment dropped; ``segment_seconds`` None makes one sample of the
 whole recording (or range). A sample's frame is taken at its centre rounded to a grid of ``fps``
 frames per second (:func:`grid_time`; 10 in the FAIR-Play papers).
@@ -38,10 +38,10 @@ import pandas as pd
 from PIL import Image
 
 from binaural_lab.audio.io import write_audio
+from binaural_lab.audio.mel import MEL_HOP
 from binaural_lab.config import ParamError, UserError
 from binaural_lab.paths import atomic_path, nested
 
-HOP = 256  # the mel hop (binaural_lab.audio.mel.MelConfig.hop): sample lengths are multiples of it
 SUBDIRS = ("binaural", "mono", "frames")
 JPEG_QUALITY = 95
 COLUMNS = (
@@ -70,9 +70,9 @@ class VideoFileError(AdapterError):
 
 def segment_samples(segment_seconds: float | None, sample_rate: int, available: int) -> int:
     """Samples per segment: ``round(segment_seconds * sample_rate)`` rounded down to a multiple of
-    :data:`HOP`; with ``segment_seconds`` None, the ``available`` samples rounded down the same way."""
+    :data:`MEL_HOP`; with ``segment_seconds`` None, the ``available`` samples rounded down the same way."""
     wanted = available if segment_seconds is None else round(segment_seconds * sample_rate)
-    return wanted // HOP * HOP
+    return wanted // MEL_HOP * MEL_HOP
 
 
 def segment_starts(available: int, length: int) -> list[int]:
@@ -97,7 +97,8 @@ def check_params(sample_rate: int, segment_seconds: float | None, fps: float | N
             raise ParamError(f"segment_seconds: expected a positive number or null, got {segment_seconds!r}")
         if segment_samples(segment_seconds, sample_rate, 0) == 0:
             raise ParamError(
-                f"segment_seconds: {segment_seconds} s at {sample_rate} Hz is shorter than one mel hop ({HOP} samples)"
+                f"segment_seconds: {segment_seconds} s at {sample_rate} Hz is shorter than one mel hop "
+                f"({MEL_HOP} samples)"
             )
     if fps is not None and (not isinstance(fps, int | float) or not fps > 0):
         raise ParamError(f"fps: expected a positive number of frames per second, got {fps!r}")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from binaural_lab.audio.mel import MEL_HOP
 from binaural_lab.config import ParamError, param
 
 SOURCE_CLASSES = ("harmonic", "plucked", "percussive", "voice")
 HEAD_MODELS = ("spherical", "sofa")
 DEPTH_KINDS = ("planar", "ray")
 SPEED_OF_SOUND = 343.0
-HOP = 256
 
 
 def _check_range(values: list[float], key: str) -> None:
@@ -130,7 +130,7 @@ class BinauralSceneConfig:
     @property
     def num_samples(self) -> int:
         """Clip length in samples, a multiple of the hop."""
-        return max(1, round(self.clip_seconds * self.sample_rate / HOP)) * HOP
+        return max(1, round(self.clip_seconds * self.sample_rate / MEL_HOP)) * MEL_HOP
 
     def validate(self, where: str) -> None:
         """The FOV margin leaves an azimuth range and the elevation range fits the camera."""
