@@ -21,8 +21,9 @@ its part.
 
 Audio: resampled from the file's rate to ``sample_rate`` by the project's resampler (channel order
 left, right kept); mono is ``(L + R) / 2`` of the resampled binaural. Frames: for each segment the
-video frame nearest its centre on a ``fps`` grid, decoded from the mp4 with PyAV (seeking, not
-decoding whole videos) and saved as JPEG quality 95.
+video frame nearest its centre on a ``fps`` grid, decoded from the mp4 with PyAV
+(:func:`binaural_lab.data.clips.read_video_frames`: each video frame at most once) and saved as
+JPEG quality 95.
 """
 
 from __future__ import annotations
