@@ -1,7 +1,7 @@
 """Trial throughput of an Optuna study shared by 1, 2 and 4 workers on PostgreSQL.
 
     python benchmarks/bench_tuning.py [--workers 1 2 4] [--trials 8] [--trial-seconds 2] [--epochs 4]
-                                      [--work sleep cpu] [--mlflow server|local]
+                                      [--work sleep cpu tiny] [--mlflow server|local]
 
 It starts a throw-away PostgreSQL cluster and an ``mlflow server`` backed by it on 127.0.0.1 (the same
 code as the tests: tests/servers.py), then, for every kind of work and worker count, runs a fresh study
@@ -13,6 +13,11 @@ run per trial, a report per epoch. The trials are stand-ins whose cost is known:
   coordination (storage, lock, heartbeats, MLflow) and the ideal rate is ``60 * workers / trial_seconds``;
 - ``cpu``: each epoch runs a fixed number of float32 matrix products on one thread, calibrated here to
   take ``trial_seconds / epochs`` on an idle core: workers beyond the free cores queue for them.
+
+``tiny`` runs real trials instead: each worker is ``blab tune depth unet --n-trials <trials> --storage
+<the study's database>`` in one tiny project (tests/test_pipeline.py's ``tiny_project`` after ``dvc repro
+featurize@echoes``), so every trial trains and validates the tiny UNet for ``tune.epochs`` epochs. Its
+work per trial is not fixed, so its rows have no ideal rate and no overhead.
 
 Per row: wall time from launching the workers to the last exit (process start-up included), the span
 from the first trial's start to the last trial's end (from the storage), trials per minute over that
@@ -36,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from servers import MlflowServer, PostgresCluster  # noqa: E402 - tests/servers.py: the tests' server set-up
+from test_pipeline import BIN, run, tiny_project  # noqa: E402 - the tests' tiny project
 
 MATRIX = 192
 
@@ -94,6 +100,15 @@ def worker(spec: dict) -> None:
     run_study(spec["study"], "bench", space, objective, cfg, "x", "minimize")
 
 
+def tiny_features(root: Path) -> Path:
+    """The tests' tiny project in ``root``, with the echo features its depth trials read."""
+    root.mkdir()
+    project = tiny_project(root)
+    print(f"tiny project in {project}: dvc repro featurize@echoes ...", flush=True)
+    run(["dvc", "repro", "featurize@echoes"], project)
+    return project
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -105,10 +120,14 @@ def measure(cluster: PostgresCluster, spec: dict, n_workers: int, env: dict) -> 
 
     url = cluster.create_database(f"bench_{spec['work']}_{n_workers}")
     spec = {**spec, "url": url}
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    cwd = spec.get("project")
+    if cwd:  # real trials: the CLI in the tiny project
+        cmd = [str(BIN / "blab"), "tune", "depth", "unet", "--n-trials", str(spec["trials"]), "--storage", url]
+    else:
+        cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     start = time.perf_counter()
     procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(n_workers)
     ]
     outs = [p.communicate()[0] for p in procs]
@@ -117,7 +136,7 @@ def measure(cluster: PostgresCluster, spec: dict, n_workers: int, env: dict) -> 
     if failed:
         raise RuntimeError("a worker failed:\n" + "\n----\n".join(failed))
     trials = optuna.load_study(study_name=spec["study"], storage=database_url(url)).trials
-    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     if len(finished) != spec["trials"] or len(trials) != spec["trials"]:
         raise RuntimeError(f"expected exactly {spec['trials']} finished trials, got {[t.state.name for t in trials]}")
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
@@ -137,7 +156,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="trials per study")
     parser.add_argument("--trial-seconds", type=float, default=2.0, help="work per trial")
     parser.add_argument("--epochs", type=int, default=4, help="reports per trial")
-    parser.add_argument("--work", nargs="+", choices=("sleep", "cpu"), default=["sleep", "cpu"])
+    parser.add_argument("--work", nargs="+", choices=("sleep", "cpu", "tiny"), default=["sleep", "cpu"])
     parser.add_argument(
         "--mlflow", choices=("server", "local"), default="server", help="an mlflow server, or a sqlite store in tmp"
     )
@@ -148,10 +167,11 @@ def main() -> None:
         return
 
     products = calibrate(args.trial_seconds / args.epochs) if "cpu" in args.work else 0
-    print(
-        f"{os.cpu_count()} CPUs; {args.trials} trials of {args.trial_seconds:g} s ({args.epochs} reports) per study; "
-        f"cpu work: {products} products of {MATRIX} x {MATRIX} per epoch on one thread"
-    )
+    print(f"{os.cpu_count()} CPUs; {args.trials} trials per study")
+    if {"sleep", "cpu"} & set(args.work):
+        print(f"stand-in trials of {args.trial_seconds:g} s with {args.epochs} reports")
+    if products:
+        print(f"cpu work: {products} products of {MATRIX} x {MATRIX} per epoch on one thread")
     with tempfile.TemporaryDirectory(prefix="blab-bench-tuning-") as tmp, PostgresCluster() as cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env.update({"BLAB_ROOT": tmp, "OMP_NUM_THREADS": "1"})
@@ -169,21 +189,29 @@ def main() -> None:
             )
             print(head)
             for work in args.work:
+                spec = {
+                    "study": f"bench-{work}",
+                    "trials": args.trials,
+                    "trial_seconds": args.trial_seconds,
+                    "epochs": args.epochs,
+                    "work": work,
+                    "products": products,
+                }
+                work_env = env
+                if work == "tiny":
+                    spec.update(study="depth-unet", project=str(tiny_features(Path(tmp) / "tiny")))
+                    work_env = {k: v for k, v in env.items() if k != "BLAB_ROOT"}  # the project is the root
+                    work_env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
                 for n in args.workers:
-                    spec = {
-                        "study": f"bench-{work}",
-                        "trials": args.trials,
-                        "trial_seconds": args.trial_seconds,
-                        "epochs": args.epochs,
-                        "work": work,
-                        "products": products,
-                    }
-                    res = measure(cluster, spec, n, env)
-                    ideal = 60 * min(n, args.trials) / args.trial_seconds
+                    res = measure(cluster, spec, n, work_env)
+                    if work == "tiny":
+                        ideal = overhead = "-"
+                    else:
+                        ideal = f"{60 * min(n, args.trials) / args.trial_seconds:.1f}"
+                        overhead = f"{res['trial'] - args.trial_seconds:.2f}"
                     print(
                         f"{work:<6} {n:>7} {res['workers_used']:>4} {res['wall']:7.1f} {res['span']:7.1f} "
-                        f"{res['per_min']:10.1f} {ideal:9.1f} {res['trial']:7.2f} "
-                        f"{res['trial'] - args.trial_seconds:10.2f} {load_average():5.2f}",
+                        f"{res['per_min']:10.1f} {ideal:>9} {res['trial']:7.2f} {overhead:>10} {load_average():5.2f}",
                         flush=True,
                     )
         finally:
