@@ -92,9 +92,12 @@ def test_a_mel_of_the_cut_audio_equals_the_cut_mel(params):
     seg, audio = cut_segments(clips["mel"][:4], clips["audio"][:4], offsets, frames, mel_cfg.hop)
     assert audio.shape == (4, 1, frames * mel_cfg.hop) and seg.shape == (4, 80, frames)
     again = mel_spectrogram(audio[:, 0], mel_cfg)
-    # frames 2 .. frames - 3 of a segment see no reflected padding: there the mels are the clip's
+    # frames 2 .. frames - 3 of a segment see no reflected padding: there the mels are the clip's. The
+    # stored mels were written by featurize with the CPU pins (AVX2 kernels); this process runs the
+    # CPU's own, which on an AVX-512 machine differ by up to 5.3e-4 in the bins near the floor (with
+    # ATEN_CPU_CAPABILITY=avx2, by 1e-6): well below what a quarter hop's misalignment moves (> 0.05)
     inner = slice(2, frames - 2)
-    assert torch.allclose(again[..., inner], seg[..., inner], atol=1e-4)
+    assert torch.allclose(again[..., inner], seg[..., inner], atol=2e-3)
     shifted = torch.stack(
         [
             a[o * mel_cfg.hop + 64 : (o + frames) * mel_cfg.hop + 64]
