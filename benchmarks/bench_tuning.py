@@ -21,7 +21,7 @@ work per trial is not fixed, so its rows have no ideal rate and no overhead.
 
 Per row: wall time from launching the workers to the last exit (process start-up included), the span
 from the first trial's start to the last trial's end (from the storage), trials per minute over that
-span, the mean trial duration and its overhead over the work itself. The load average is printed
+span, the mean trial duration, its overhead over the work itself and the trials pruned. The load average is printed
 with each row: on a shared machine numbers vary.
 """
 
@@ -147,6 +147,7 @@ def measure(cluster: PostgresCluster, spec: dict, n_workers: int, env: dict) -> 
         "per_min": 60 * len(finished) / span,
         "trial": statistics.mean(durations),
         "workers_used": len({t.user_attrs.get("worker") for t in finished}),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in finished),
     }
 
 
@@ -185,7 +186,7 @@ def main() -> None:
             print(f"PostgreSQL {cluster.bin.parent.name} on port {cluster.port}; MLflow: {tracking}")
             head = (
                 f"\n{'work':<6} {'workers':>7} {'used':>4} {'wall s':>7} {'span s':>7} {'trials/min':>10} "
-                f"{'ideal/min':>9} {'trial s':>7} {'overhead s':>10} {'load':>5}"
+                f"{'ideal/min':>9} {'trial s':>7} {'overhead s':>10} {'pruned':>6} {'load':>5}"
             )
             print(head)
             for work in args.work:
@@ -211,7 +212,8 @@ def main() -> None:
                         overhead = f"{res['trial'] - args.trial_seconds:.2f}"
                     print(
                         f"{work:<6} {n:>7} {res['workers_used']:>4} {res['wall']:7.1f} {res['span']:7.1f} "
-                        f"{res['per_min']:10.1f} {ideal:>9} {res['trial']:7.2f} {overhead:>10} {load_average():5.2f}",
+                        f"{res['per_min']:10.1f} {ideal:>9} {res['trial']:7.2f} {overhead:>10} {res['pruned']:>6} "
+                        f"{load_average():5.2f}",
                         flush=True,
                     )
         finally:
