@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from servers import MlflowServer, PostgresCluster  # noqa: E402 - tests/servers.py: the tests' server set-up
 from test_pipeline import BIN, run, tiny_project  # noqa: E402 - the tests' tiny project
+from test_scale_out import worker_env  # noqa: E402 - the environment of the tests' `blab tune` workers
 
 MATRIX = 192
 
@@ -199,10 +200,9 @@ def main() -> None:
                     "products": products,
                 }
                 work_env = env
-                if work == "tiny":
+                if work == "tiny":  # the project is the root; MLflow: the server, or the project's own store
                     spec.update(study="depth-unet", project=str(tiny_features(Path(tmp) / "tiny")))
-                    work_env = {k: v for k, v in env.items() if k != "BLAB_ROOT"}  # the project is the root
-                    work_env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+                    work_env = worker_env(server.url if server else None)
                 for n in args.workers:
                     res = measure(cluster, spec, n, work_env)
                     if work == "tiny":
